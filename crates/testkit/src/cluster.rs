@@ -1,0 +1,105 @@
+//! Finding, starting and connecting to the local control plane.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    sync::OnceLock,
+};
+
+use anyhow::Context;
+use kube::{
+    Client, Config,
+    config::{KubeConfigOptions, Kubeconfig},
+};
+
+/// The local control plane started by `tests/cluster/up`.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    /// The state directory (`target/cluster` unless `CONSORZIO_CLUSTER_DIR` says otherwise).
+    pub dir: PathBuf,
+}
+
+/// The repository root, found from this crate's location.
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+impl Cluster {
+    /// The running cluster. The first call in a process runs `tests/cluster/up`, which starts the
+    /// cluster if needed and is a fast no-op when it is already healthy. Panics, saying how to
+    /// start the cluster by hand, when that fails: a test never passes without a cluster.
+    pub fn get() -> Cluster {
+        static UP: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+        match UP.get_or_init(ensure_up) {
+            Ok(dir) => Cluster { dir: dir.clone() },
+            Err(message) => panic!("{message}"),
+        }
+    }
+
+    /// Path of the admin kubeconfig.
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.dir.join("kubeconfig")
+    }
+
+    /// Path of a binary of the cluster (`kubectl`, `helm`, `kwok`, `kcp`).
+    pub fn bin(&self, name: &str) -> PathBuf {
+        self.dir.join("bin").join(name)
+    }
+
+    /// The admin client configuration.
+    pub async fn config(&self) -> anyhow::Result<Config> {
+        let kubeconfig = Kubeconfig::read_from(self.kubeconfig())
+            .with_context(|| format!("reading {}", self.kubeconfig().display()))?;
+        Ok(Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?)
+    }
+
+    /// An admin client (group `system:masters`).
+    pub async fn client(&self) -> anyhow::Result<Client> {
+        Ok(Client::try_from(self.config().await?)?)
+    }
+
+    /// A client that impersonates `user` in `groups`.
+    pub async fn client_as(&self, user: &str, groups: &[&str]) -> anyhow::Result<Client> {
+        let mut config = self.config().await?;
+        config.auth_info.impersonate = Some(user.to_string());
+        config.auth_info.impersonate_groups = Some(groups.iter().map(|g| g.to_string()).collect());
+        Ok(Client::try_from(config)?)
+    }
+}
+
+fn ensure_up() -> Result<PathBuf, String> {
+    let up = repo_root().join("tests/cluster/up");
+    let how = "start it with `make cluster-up` (or tests/cluster/up) and see target/cluster/logs/";
+    let out = Command::new(&up)
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}; {how}", up.display()))?;
+    if !out.status.success() {
+        return Err(format!(
+            "the local Kubernetes control plane is not running and {} failed:\n{}\n{how}",
+            up.display(),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    // `up`'s last line is `export KUBECONFIG=<dir>/kubeconfig`.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let kubeconfig = stdout
+        .lines()
+        .last()
+        .and_then(|l| l.strip_prefix("export KUBECONFIG="))
+        .ok_or_else(|| format!("unexpected output from {}: {stdout}", up.display()))?;
+    Path::new(kubeconfig.trim())
+        .parent()
+        .map(Path::to_path_buf)
+        .ok_or_else(|| format!("bad kubeconfig path from {}: {kubeconfig}", up.display()))
+}
+
+/// Runs the cluster's kubectl with the admin kubeconfig and returns its output, whatever its
+/// exit status.
+pub async fn kubectl(cluster: &Cluster, args: &[&str]) -> anyhow::Result<Output> {
+    tokio::process::Command::new(cluster.bin("kubectl"))
+        .args(args)
+        .env("KUBECONFIG", cluster.kubeconfig())
+        .output()
+        .await
+        .with_context(|| format!("running kubectl {}", args.join(" ")))
+}
