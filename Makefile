@@ -7,7 +7,7 @@ CLUSTER := tests/cluster
 # Two cores: cargo's own parallelism plus two test threads keeps the control plane responsive.
 TEST_THREADS ?= 2
 
-.PHONY: test test-unit cluster-up cluster-down cluster-selftest lint fmt
+.PHONY: test test-unit cluster-up cluster-down cluster-selftest lint fmt crds
 
 test: cluster-up
 	cargo test --workspace --all-targets --no-fail-fast -- --test-threads=$(TEST_THREADS)
@@ -32,3 +32,7 @@ lint:
 
 fmt:
 	cargo fmt --all
+
+# Regenerates crds/ from the Rust types in crates/api.
+crds:
+	cargo run --quiet -p consorzio -- crds > crds/consorzio.io.yaml

@@ -16,9 +16,13 @@
 //! when the body fails or panics.
 
 mod cluster;
+mod crds;
+mod manifests;
 mod wait;
 
 pub use cluster::{Cluster, kubectl};
+pub use crds::install_crds;
+pub use manifests::{example_manifests, examples_dir, yaml_documents};
 pub use wait::{wait_for, wait_gone};
 
 use std::{

@@ -1,0 +1,371 @@
+//! `Municipality`: one comune (or Swiss Gemeinde), which becomes one isolated namespace.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::common::{Condition, conditions_schema, list_map};
+
+/// Rule text shared by every quantity of the quota: a valid, non-negative Kubernetes quantity.
+const NON_NEGATIVE_QUANTITY: &str =
+    "isQuantity(string(self)) && !quantity(string(self)).isLessThan(quantity('0'))";
+const NON_NEGATIVE_QUANTITY_MESSAGE: &str =
+    "must be a non-negative quantity, such as 500m, 4, 8Gi or 100Gi";
+
+/// A comune served by the consorzio. The operator turns it into the namespace `comune-<name>`
+/// with its quota, limits, network policies and access bindings, and keeps them that way.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "consorzio.io",
+    version = "v1alpha1",
+    kind = "Municipality",
+    plural = "municipalities",
+    shortname = "mun",
+    category = "consorzio",
+    status = "MunicipalityStatus",
+    derive = "PartialEq",
+    doc = "A comune (or Swiss Gemeinde) served by the consorzio: it becomes one isolated namespace.",
+    printcolumn(name = "Country", type_ = "string", json_path = ".spec.country"),
+    printcolumn(name = "Code", type_ = "string", description = "ISTAT code (IT) or BFS number (CH)", json_path = ".status.code"),
+    printcolumn(name = "Union", type_ = "string", json_path = ".spec.union"),
+    printcolumn(name = "Namespace", type_ = "string", json_path = ".status.namespace"),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = Rule::new("size(self.metadata.name) <= 55 && self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')")
+        .message("metadata.name must be a DNS label of at most 55 characters (lowercase letters, digits and '-', starting and ending with a letter or digit): the comune's namespace is comune-<name>")
+)]
+#[x_kube(
+    validation = Rule::new("self.country != 'IT' || (has(self.istatCode) && has(self.belfioreCode) && has(self.province) && has(self.region))")
+        .message("a comune in Italy (country: IT) needs istatCode, belfioreCode, province and region"),
+    validation = Rule::new("self.country != 'IT' || (!has(self.bfsNumber) && !has(self.canton))")
+        .message("bfsNumber and canton are for Swiss municipalities (country: CH): remove them when country is IT"),
+    validation = Rule::new("self.country != 'CH' || (has(self.bfsNumber) && has(self.canton))")
+        .message("a Gemeinde in Switzerland (country: CH) needs bfsNumber and canton"),
+    validation = Rule::new("self.country != 'CH' || (!has(self.istatCode) && !has(self.belfioreCode) && !has(self.province) && !has(self.region))")
+        .message("istatCode, belfioreCode, province and region are for Italian comuni (country: IT): remove them when country is CH"),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct MunicipalitySpec {
+    /// The comune's name as people write it, e.g. "San Donato Val di Comino".
+    #[schemars(length(min = 1, max = 128))]
+    pub display_name: String,
+
+    /// The country: IT (Italy) or CH (Switzerland). It decides which official codes are required.
+    /// Cannot be changed once set.
+    #[x_kube(validation = Rule::new("self == oldSelf").message("country cannot be changed once set"))]
+    pub country: Country,
+
+    /// IT only: the ISTAT code of the comune, 6 digits as a string (e.g. "060066").
+    /// Cannot be changed once set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(
+        validation = Rule::new("self.matches('^[0-9]{6}$')").message("istatCode must be exactly 6 digits, e.g. \"060066\" (write it as a string, quoted)"),
+        validation = Rule::new("self == oldSelf").message("istatCode cannot be changed once set")
+    )]
+    pub istat_code: Option<String>,
+
+    /// IT only: the cadastral (Belfiore) code, a capital letter and 3 digits (e.g. "H785").
+    /// Cannot be changed once set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(
+        validation = Rule::new("self.matches('^[A-Z][0-9]{3}$')").message("belfioreCode must be a capital letter followed by 3 digits, e.g. \"H785\""),
+        validation = Rule::new("self == oldSelf").message("belfioreCode cannot be changed once set")
+    )]
+    pub belfiore_code: Option<String>,
+
+    /// IT only: the province's two-letter abbreviation (sigla), e.g. "FR".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^[A-Z]{2}$')").message("province must be the two capital letters of the province, e.g. \"FR\""))]
+    pub province: Option<String>,
+
+    /// IT only: the region, e.g. "Lazio".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub region: Option<String>,
+
+    /// CH only: the BFS (Federal Statistical Office) number of the Gemeinde, 1 to 9999.
+    /// Cannot be changed once set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 9999))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("bfsNumber cannot be changed once set"))]
+    pub bfs_number: Option<i32>,
+
+    /// CH only: the canton's two-letter code, e.g. "TI".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canton: Option<Canton>,
+
+    /// Number of inhabitants, for reports and for sharing costs fairly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub population: Option<i64>,
+
+    /// The union or consortium of comuni this one belongs to (a DNS label, e.g.
+    /// "valle-di-comino"). Shared services can select comuni by union.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("size(self) <= 63 && self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')").message("union must be a DNS label: at most 63 lowercase letters, digits and '-', e.g. \"valle-di-comino\""))]
+    pub union: Option<String>,
+
+    /// People to contact about this comune.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contacts: Option<Contacts>,
+
+    /// Who may work in the comune's namespace.
+    #[serde(default)]
+    pub access: Access,
+
+    /// The resources the comune's namespace may use in total.
+    #[serde(default)]
+    pub quota: Quota,
+
+    /// Network options of the comune's namespace.
+    #[serde(default)]
+    pub network: Network,
+
+    /// How sensitive the comune's data is, as Italy's national cybersecurity agency (ACN)
+    /// classifies public data: ordinary, critical or strategic.
+    #[serde(default)]
+    pub data_classification: DataClassification,
+
+    /// What happens to the namespace and its data when this Municipality is deleted:
+    /// Retain (default) keeps them; Delete removes them.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+
+    /// Stops every workload of the comune (no pods may run) while keeping all its data.
+    #[serde(default)]
+    pub suspended: bool,
+}
+
+/// The country of a municipality.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum Country {
+    /// Italy.
+    IT,
+    /// Switzerland.
+    CH,
+}
+
+/// The 26 Swiss cantons.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[allow(missing_docs)]
+pub enum Canton {
+    AG,
+    AI,
+    AR,
+    BE,
+    BL,
+    BS,
+    FR,
+    GE,
+    GL,
+    GR,
+    JU,
+    LU,
+    NE,
+    NW,
+    OW,
+    SG,
+    SH,
+    SO,
+    SZ,
+    TG,
+    TI,
+    UR,
+    VD,
+    VS,
+    ZG,
+    ZH,
+}
+
+/// People to contact about a comune.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct Contacts {
+    /// The digital-transition officer (Responsabile per la Transizione al Digitale); one RTD may
+    /// serve every comune of a union.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtd: Option<Contact>,
+}
+
+/// A person.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+pub struct Contact {
+    /// Full name.
+    #[schemars(length(min = 1, max = 128))]
+    pub name: String,
+    /// E-mail address.
+    #[x_kube(validation = Rule::new("self.matches('^[^@\\\\s]+@[^@\\\\s]+\\\\.[^@\\\\s]+$')").message("email must be an e-mail address, e.g. rtd@comune.example.it"))]
+    pub email: String,
+}
+
+/// Who may work in the comune's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct Access {
+    /// Users or groups who may run and manage workloads, services, configuration, secrets and
+    /// volumes in the namespace (but not its quota, network policies or the namespace itself).
+    #[serde(default)]
+    pub admins: Vec<Subject>,
+    /// Users or groups who may read the namespace's workloads and configuration (not secrets).
+    #[serde(default)]
+    pub viewers: Vec<Subject>,
+}
+
+/// A user or group, as the cluster's authentication names them.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct Subject {
+    /// User or Group.
+    pub kind: SubjectKind,
+    /// The user's or group's name, e.g. "alice@comune.example.it" or "sit-bellinzona".
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// The kind of an RBAC subject.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum SubjectKind {
+    /// A user.
+    User,
+    /// A group of users.
+    Group,
+}
+
+/// The resources a comune's namespace may use in total. Quantities use Kubernetes notation.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Quota {
+    /// CPU, in cores (e.g. 4 or 2500m): the sum of requests and of limits of all pods.
+    #[serde(default = "default_cpu")]
+    #[x_kube(validation = Rule::new(NON_NEGATIVE_QUANTITY).message(NON_NEGATIVE_QUANTITY_MESSAGE))]
+    pub cpu: Quantity,
+    /// Memory (e.g. 8Gi): the sum of requests and of limits of all pods.
+    #[serde(default = "default_memory")]
+    #[x_kube(validation = Rule::new(NON_NEGATIVE_QUANTITY).message(NON_NEGATIVE_QUANTITY_MESSAGE))]
+    pub memory: Quantity,
+    /// Persistent storage (e.g. 100Gi): the sum of all volume claims.
+    #[serde(default = "default_storage")]
+    #[x_kube(validation = Rule::new(NON_NEGATIVE_QUANTITY).message(NON_NEGATIVE_QUANTITY_MESSAGE))]
+    pub storage: Quantity,
+    /// How many pods may exist at once.
+    #[serde(default = "default_pods")]
+    #[schemars(range(min = 0, max = 10000))]
+    pub pods: i32,
+}
+
+fn default_cpu() -> Quantity {
+    Quantity("4".into())
+}
+fn default_memory() -> Quantity {
+    Quantity("8Gi".into())
+}
+fn default_storage() -> Quantity {
+    Quantity("100Gi".into())
+}
+fn default_pods() -> i32 {
+    50
+}
+
+impl Default for Quota {
+    fn default() -> Self {
+        Quota {
+            cpu: default_cpu(),
+            memory: default_memory(),
+            storage: default_storage(),
+            pods: default_pods(),
+        }
+    }
+}
+
+/// Network options of the comune's namespace. Traffic is denied by default, except DNS, traffic
+/// inside the namespace, from the ingress controller, and to subscribed shared services.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Network {
+    /// Lets the comune's pods open connections to the internet. Never to other comuni.
+    #[serde(default)]
+    pub allow_internet_egress: bool,
+}
+
+/// How sensitive a comune's data is (ACN classification of public data and services).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DataClassification {
+    /// Data whose compromise causes no harm to the State's functions (the default).
+    #[default]
+    Ordinary,
+    /// Data whose compromise could harm the functions of the State or public services.
+    Critical,
+    /// Data whose compromise could harm national security.
+    Strategic,
+}
+
+/// What happens to a comune's namespace when its Municipality is deleted.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum DeletionPolicy {
+    /// Keep the namespace and all its data, marked `consorzio.io/orphaned` (the default).
+    /// Applying the Municipality again adopts it.
+    #[default]
+    Retain,
+    /// Delete the namespace and everything in it, volumes included.
+    Delete,
+}
+
+/// What the operator observed of a comune.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MunicipalityStatus {
+    /// The comune's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// The official code shown by kubectl: the ISTAT code (IT) or the BFS number (CH).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    /// The generation of the spec that this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready` and the reasons behind it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "conditions_schema")]
+    pub conditions: Vec<Condition>,
+    /// Quota use of the namespace per resource (cpu, memory, storage, pods, ...).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub quota: BTreeMap<String, QuotaUsage>,
+    /// The shared services this comune gets, one entry per service.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "services_schema")]
+    pub services: Vec<ServiceInstanceStatus>,
+}
+
+fn services_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    list_map::<ServiceInstanceStatus>(
+        generator,
+        "name",
+        "The shared services this comune gets, one entry per SharedService.",
+        None,
+    )
+}
+
+/// How much of one resource a namespace may use and uses.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct QuotaUsage {
+    /// The limit.
+    pub hard: Quantity,
+    /// What is in use now.
+    pub used: Quantity,
+}
+
+/// The state of one shared service's instance for a comune.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct ServiceInstanceStatus {
+    /// The SharedService's name.
+    pub name: String,
+    /// Pending, Ready, Updating, Failed or Suspended.
+    pub phase: String,
+    /// Where the comune reaches it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// The version (image tag or digest) the instance runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+}

@@ -1,0 +1,378 @@
+//! `SharedService`: one hosted application, offered to a set of comuni.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    api::core::v1::ResourceRequirements,
+    apimachinery::pkg::{
+        api::resource::Quantity, apis::meta::v1::LabelSelector, util::intstr::IntOrString,
+    },
+};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::common::{Condition, conditions_schema, list_map};
+
+/// The placeholders a template may use, filled from each comune's Municipality.
+pub const PLACEHOLDERS: &[&str] = &[
+    "name",
+    "displayName",
+    "namespace",
+    "code",
+    "country",
+    "istatCode",
+    "belfioreCode",
+    "province",
+    "region",
+    "bfsNumber",
+    "canton",
+    "union",
+];
+
+/// CEL: every `{{ … }}` in `self` is one of [`PLACEHOLDERS`] (one regular expression, so its cost
+/// stays linear in the length of the text). Kept in sync with [`PLACEHOLDERS`] by a unit test.
+const KNOWN_PLACEHOLDERS_RULE: &str = "self.matches('^([^{]|[{][^{]|[{][{] *municipality[.](name|displayName|namespace|code|country|istatCode|belfioreCode|province|region|bfsNumber|canton|union) *[}][}])*[{]?$')";
+const KNOWN_PLACEHOLDERS_MESSAGE: &str = "unknown placeholder: use {{ municipality.<field> }} with field one of name, displayName, namespace, code, country, istatCode, belfioreCode, province, region, bfsNumber, canton, union";
+
+/// An application hosted once by the consorzio and offered to a set of comuni.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "consorzio.io",
+    version = "v1alpha1",
+    kind = "SharedService",
+    plural = "sharedservices",
+    shortname = "ssvc",
+    category = "consorzio",
+    status = "SharedServiceStatus",
+    derive = "PartialEq",
+    doc = "An application hosted by the consorzio (GIS, website, document management, open data, ...) and offered to a set of comuni.",
+    printcolumn(name = "Tenancy", type_ = "string", json_path = ".spec.tenancy"),
+    printcolumn(name = "Image", type_ = "string", json_path = ".spec.template.image"),
+    printcolumn(name = "Desired", type_ = "integer", json_path = ".status.desiredInstances"),
+    printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyInstances"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = Rule::new("size(self.metadata.name) <= 55 && self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')")
+        .message("metadata.name must be a DNS label of at most 55 characters (lowercase letters, digits and '-'): it names the Service and the namespace shared-<name>")
+)]
+#[x_kube(
+    validation = Rule::new("self.tenancy != 'Dedicated' || !has(self.ingress) || self.ingress.host.matches('[{][{] *municipality[.]name *[}][}]')")
+        .message("ingress.host must contain {{ municipality.name }} when tenancy is Dedicated, so that every comune gets its own host, e.g. \"{{ municipality.name }}.gis.example.org\""),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct SharedServiceSpec {
+    /// The application's name as people know it, e.g. "SIT - territorial GIS".
+    #[schemars(length(min = 1, max = 128))]
+    pub display_name: String,
+
+    /// What the application is for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub description: Option<String>,
+
+    /// Dedicated: one instance in each comune's namespace. Shared: one instance in the namespace
+    /// shared-<name>, with an access point in each comune's namespace. Cannot be changed.
+    #[x_kube(validation = Rule::new("self == oldSelf").message("tenancy cannot be changed: create a new SharedService instead"))]
+    pub tenancy: Tenancy,
+
+    /// Which comuni get the service: those matching the selector and those named.
+    pub municipalities: MunicipalitySelection,
+
+    /// The application: its container, settings and storage.
+    pub template: AppTemplate,
+
+    /// How comuni reach the application over HTTP(S).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<IngressTemplate>,
+
+    /// How changes of the template reach the comuni.
+    #[serde(default)]
+    pub rollout: Rollout,
+
+    /// Per-comune changes to the template, keyed by the comune's (Municipality's) name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(length(max = 1000))]
+    pub overrides: BTreeMap<String, Override>,
+
+    /// Scales every instance to zero while keeping its data.
+    #[serde(default)]
+    pub suspended: bool,
+}
+
+/// Where the instances of a service run.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum Tenancy {
+    /// One instance in each selected comune's namespace.
+    Dedicated,
+    /// One instance in the namespace shared-<name>, reachable only from the selected comuni.
+    Shared,
+}
+
+/// Which comuni get a service.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[x_kube(validation = Rule::new("has(self.selector) || (has(self.names) && size(self.names) > 0)")
+    .message("municipalities needs a selector, a list of names, or both"))]
+pub struct MunicipalitySelection {
+    /// Selects Municipalities by label. Besides their own labels, every Municipality carries
+    /// consorzio.io/country, consorzio.io/union, consorzio.io/region, consorzio.io/province and
+    /// consorzio.io/canton from its spec, e.g. matchLabels: {consorzio.io/union: alto-sangro}.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<LabelSelector>,
+    /// Municipalities by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 10000),
+        inner(length(max = 63), regex(pattern = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))
+    )]
+    pub names: Vec<String>,
+}
+
+/// The application's container, settings and storage.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AppTemplate {
+    /// The container image, with a tag or a digest, e.g. "docker.io/kartoza/geoserver:2.26.1".
+    #[x_kube(
+        validation = Rule::new("self.matches('^[^\\\\s@]+(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}|@sha256:[a-f0-9]{64})$')")
+            .message("image must carry a tag or a digest, e.g. docker.io/library/nginx:1.27 or nginx@sha256:<64 hex digits>"),
+        validation = Rule::new("!self.endsWith(':latest')")
+            .message("image must not use the tag latest: pin a version, so that rollouts can tell versions apart")
+    )]
+    #[schemars(length(min = 1, max = 512))]
+    pub image: String,
+
+    /// The port the application listens on.
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+
+    /// Pods per instance.
+    #[serde(default = "one")]
+    #[schemars(range(min = 0, max = 100))]
+    pub replicas: i32,
+
+    /// Environment variables. Values may use placeholders filled from each comune, e.g.
+    /// "{{ municipality.name }}" or "{{ municipality.code }}".
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub env: Vec<EnvVar>,
+
+    /// CPU and memory requests and limits of the application's container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+
+    /// Health checks over HTTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probes: Option<Probes>,
+
+    /// A persistent volume for the application's data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<Storage>,
+
+    /// Replaces the image's entrypoint.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+
+    /// Arguments to the entrypoint.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+}
+
+fn one() -> i32 {
+    1
+}
+
+/// An environment variable of the application.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+pub struct EnvVar {
+    /// The variable's name: letters, digits, '_', '.' and '-', not starting with a digit.
+    #[schemars(
+        length(min = 1, max = 128),
+        regex(pattern = "^[A-Za-z_][A-Za-z0-9_.-]*$")
+    )]
+    pub name: String,
+    /// The value; may use placeholders such as {{ municipality.name }}.
+    #[serde(default)]
+    #[x_kube(validation = Rule::new(KNOWN_PLACEHOLDERS_RULE).message(KNOWN_PLACEHOLDERS_MESSAGE))]
+    #[schemars(length(max = 1024))]
+    pub value: String,
+}
+
+/// HTTP health checks.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct Probes {
+    /// The HTTP path answering 2xx when the application is healthy, e.g. "/healthz".
+    #[schemars(regex(pattern = "^/"), length(max = 1024))]
+    pub path: String,
+    /// The port to probe; the application's port when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: Option<i32>,
+}
+
+/// A persistent volume for the application's data.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Storage {
+    /// The volume's size, e.g. "10Gi".
+    #[x_kube(validation = Rule::new("isQuantity(string(self)) && quantity(string(self)).isGreaterThan(quantity('0'))").message("storage.size must be a positive quantity, e.g. 10Gi"))]
+    pub size: Quantity,
+    /// Where the volume is mounted in the container, e.g. "/var/lib/app".
+    #[schemars(regex(pattern = "^/"), length(max = 1024))]
+    pub mount_path: String,
+    /// What happens to a comune's volume when the comune stops getting the service or the
+    /// SharedService is deleted: Retain (default) keeps it, labelled consorzio.io/orphaned;
+    /// Delete removes it.
+    #[serde(default)]
+    pub reclaim_policy: VolumeReclaimPolicy,
+}
+
+/// What happens to a comune's volume when its instance goes away.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum VolumeReclaimPolicy {
+    /// Keep the volume, labelled consorzio.io/orphaned (the default).
+    #[default]
+    Retain,
+    /// Delete the volume with the instance.
+    Delete,
+}
+
+/// How comuni reach the application over HTTP(S).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IngressTemplate {
+    /// The host name; may use placeholders, e.g. "{{ municipality.name }}.sit.example.org".
+    /// With Dedicated tenancy it must contain {{ municipality.name }}.
+    #[x_kube(validation = Rule::new(KNOWN_PLACEHOLDERS_RULE).message(KNOWN_PLACEHOLDERS_MESSAGE))]
+    #[schemars(length(min = 1, max = 253))]
+    pub host: String,
+    /// The IngressClass to use; the cluster's default when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_name: Option<String>,
+    /// The Secret holding the TLS certificate for the host; plain HTTP when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_secret_name: Option<String>,
+}
+
+/// How template changes reach the comuni: in waves, never all at once.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Rollout {
+    /// How many comuni may be updating at once: a number (e.g. 1) or a share of the comuni
+    /// served (e.g. "10%", rounded up). The next wave starts when this one is Available.
+    #[serde(default = "default_max_unavailable")]
+    #[x_kube(validation = Rule::new("string(self).matches('^([1-9][0-9]*|(100|[1-9][0-9]?)%)$')").message("maxUnavailable must be a whole number of at least 1, or a percentage from 1% to 100%"))]
+    pub max_unavailable: IntOrString,
+    /// Seconds a wave may take to become Available before the rollout halts.
+    #[serde(default = "default_progress_deadline")]
+    #[schemars(range(min = 10, max = 86400))]
+    pub progress_deadline_seconds: i32,
+}
+
+fn default_max_unavailable() -> IntOrString {
+    IntOrString::Int(1)
+}
+fn default_progress_deadline() -> i32 {
+    600
+}
+
+impl Default for Rollout {
+    fn default() -> Self {
+        Rollout {
+            max_unavailable: default_max_unavailable(),
+            progress_deadline_seconds: default_progress_deadline(),
+        }
+    }
+}
+
+/// Changes to the template for one comune.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct Override {
+    /// Pods of this comune's instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100))]
+    pub replicas: Option<i32>,
+    /// Requests and limits of this comune's instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Variables added to, or replacing, the template's, as name: value. Values may use the
+    /// same placeholders as the template; an unknown one makes the service InvalidTemplate.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(length(max = 32))]
+    pub env: BTreeMap<String, String>,
+}
+
+/// What the operator observed of a service.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SharedServiceStatus {
+    /// The generation of the spec that this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// How many comuni should have an instance (1 for a Shared service's own instance).
+    #[serde(default)]
+    pub desired_instances: i32,
+    /// How many of those instances are Available.
+    #[serde(default)]
+    pub ready_instances: i32,
+    /// `Ready`, `RolloutHalted` and the reasons behind them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "conditions_schema")]
+    pub conditions: Vec<Condition>,
+    /// Progress of the latest template change across comuni.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutStatus>,
+    /// Up to 20 comuni whose instance is not ready, with the reason.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "not_ready_schema")]
+    pub not_ready: Vec<NotReady>,
+}
+
+fn not_ready_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    list_map::<NotReady>(
+        generator,
+        "municipality",
+        "Up to 20 comuni whose instance is not ready, with the reason.",
+        Some(20),
+    )
+}
+
+/// Progress of a template change.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutStatus {
+    /// The version being rolled out: the image tag or digest and a hash of the template.
+    pub target_version: String,
+    /// How many comuni run the target version.
+    pub updated: i32,
+    /// How many comuni the rollout covers.
+    pub total: i32,
+}
+
+/// A comune whose instance is not ready.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct NotReady {
+    /// The Municipality's name.
+    pub municipality: String,
+    /// Why, e.g. "Progressing", "QuotaExceeded", "Unavailable".
+    pub reason: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholder_rule_allows_exactly_the_documented_placeholders() {
+        let alternation = format!("({})", PLACEHOLDERS.join("|"));
+        assert!(
+            KNOWN_PLACEHOLDERS_RULE.contains(&alternation),
+            "KNOWN_PLACEHOLDERS_RULE must list {alternation}"
+        );
+        for p in PLACEHOLDERS {
+            assert!(
+                KNOWN_PLACEHOLDERS_MESSAGE.contains(p),
+                "message must name {p}"
+            );
+        }
+    }
+}

@@ -1,0 +1,549 @@
+//! The API server refuses bad Municipality and SharedService manifests with a message that names
+//! the field, and accepts the examples of deploy/examples. Runs against the local control plane.
+
+use anyhow::{Context, bail};
+use consorzio_testkit::{Env, example_manifests, install_crds, run, unique_name};
+use kube::{
+    Api,
+    api::{DynamicObject, PostParams},
+    core::{ApiResource, GroupVersionKind},
+};
+use serde_json::{Value, json};
+
+fn resource(kind: &str) -> ApiResource {
+    let plural = match kind {
+        "Municipality" => "municipalities",
+        "SharedService" => "sharedservices",
+        other => panic!("unknown kind {other}"),
+    };
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("consorzio.io", "v1alpha1", kind),
+        plural,
+    )
+}
+
+fn italian() -> Value {
+    json!({
+        "apiVersion": "consorzio.io/v1alpha1", "kind": "Municipality",
+        "metadata": {"name": "placeholder"},
+        "spec": {
+            "displayName": "Alvito", "country": "IT", "istatCode": "060004",
+            "belfioreCode": "A244", "province": "FR", "region": "Lazio",
+            "contacts": {"rtd": {"name": "RTD", "email": "rtd@comune.example.it"}},
+            "access": {"admins": [{"kind": "Group", "name": "alvito-admins"}]}
+        }
+    })
+}
+
+fn swiss() -> Value {
+    json!({
+        "apiVersion": "consorzio.io/v1alpha1", "kind": "Municipality",
+        "metadata": {"name": "placeholder"},
+        "spec": {"displayName": "Lugano", "country": "CH", "bfsNumber": 5192, "canton": "TI"}
+    })
+}
+
+fn service() -> Value {
+    json!({
+        "apiVersion": "consorzio.io/v1alpha1", "kind": "SharedService",
+        "metadata": {"name": "placeholder"},
+        "spec": {
+            "displayName": "SIT", "tenancy": "Dedicated",
+            "municipalities": {"names": ["alvito"]},
+            "template": {
+                "image": "docker.osgeo.org/geoserver:2.26.1", "port": 8080,
+                "env": [{"name": "TITLE", "value": "SIT {{ municipality.displayName }}"}],
+                "probes": {"path": "/geoserver/web/"},
+                "storage": {"size": "10Gi", "mountPath": "/data"}
+            },
+            "ingress": {"host": "{{ municipality.name }}.sit.example.org"},
+            "rollout": {"maxUnavailable": "10%"}
+        }
+    })
+}
+
+/// `base` with the value at a JSON pointer set (or removed, for `None`).
+fn with(mut base: Value, pointer: &str, value: Option<Value>) -> Value {
+    let (parent, key) = pointer.rsplit_once('/').expect("pointer has a parent");
+    let parent = base
+        .pointer_mut(parent)
+        .expect("parent exists")
+        .as_object_mut()
+        .expect("object");
+    match value {
+        Some(v) => parent.insert(key.to_string(), v),
+        None => parent.remove(key),
+    };
+    base
+}
+
+fn set(base: Value, pointer: &str, value: Value) -> Value {
+    with(base, pointer, Some(value))
+}
+
+fn unset(base: Value, pointer: &str) -> Value {
+    with(base, pointer, None)
+}
+
+/// An invalid manifest and a piece of the message the API server must answer with.
+struct Case {
+    what: &'static str,
+    manifest: Value,
+    message: &'static str,
+}
+
+fn invalid_on_create() -> Vec<Case> {
+    let c = |what, manifest, message| Case {
+        what,
+        manifest,
+        message,
+    };
+    vec![
+        c(
+            "ISTAT code of 5 digits",
+            set(italian(), "/spec/istatCode", json!("60004")),
+            "spec.istatCode: Invalid value: \"60004\": istatCode must be exactly 6 digits",
+        ),
+        c(
+            "ISTAT code with a letter",
+            set(italian(), "/spec/istatCode", json!("06A004")),
+            "istatCode must be exactly 6 digits",
+        ),
+        c(
+            "ISTAT code as a number",
+            set(italian(), "/spec/istatCode", json!(60004)),
+            "spec.istatCode: Invalid value: \"integer\": spec.istatCode in body must be of type string",
+        ),
+        c(
+            "Belfiore code in lowercase",
+            set(italian(), "/spec/belfioreCode", json!("a244")),
+            "belfioreCode must be a capital letter followed by 3 digits",
+        ),
+        c(
+            "province of three letters",
+            set(italian(), "/spec/province", json!("FRO")),
+            "province must be the two capital letters",
+        ),
+        c(
+            "Italian comune without ISTAT code",
+            unset(italian(), "/spec/istatCode"),
+            "a comune in Italy (country: IT) needs istatCode, belfioreCode, province and region",
+        ),
+        c(
+            "Italian comune without region",
+            unset(italian(), "/spec/region"),
+            "needs istatCode, belfioreCode, province and region",
+        ),
+        c(
+            "Italian comune with a canton",
+            set(italian(), "/spec/canton", json!("TI")),
+            "bfsNumber and canton are for Swiss municipalities",
+        ),
+        c(
+            "Swiss Gemeinde without BFS number",
+            unset(swiss(), "/spec/bfsNumber"),
+            "a Gemeinde in Switzerland (country: CH) needs bfsNumber and canton",
+        ),
+        c(
+            "Swiss Gemeinde with an ISTAT code",
+            set(swiss(), "/spec/istatCode", json!("013130")),
+            "istatCode, belfioreCode, province and region are for Italian comuni",
+        ),
+        c(
+            "BFS number 0",
+            set(swiss(), "/spec/bfsNumber", json!(0)),
+            "spec.bfsNumber: Invalid value: 0: spec.bfsNumber in body should be greater than or equal to 1",
+        ),
+        c(
+            "BFS number 10000",
+            set(swiss(), "/spec/bfsNumber", json!(10000)),
+            "spec.bfsNumber in body should be less than or equal to 9999",
+        ),
+        c(
+            "unknown canton",
+            set(swiss(), "/spec/canton", json!("XX")),
+            "spec.canton: Unsupported value: \"XX\": supported values:",
+        ),
+        c(
+            "unknown country",
+            set(italian(), "/spec/country", json!("FR")),
+            "spec.country: Unsupported value: \"FR\": supported values: \"IT\", \"CH\"",
+        ),
+        c(
+            "name with a dot",
+            set(italian(), "/metadata/name", json!("comune.alvito")),
+            "metadata.name must be a DNS label of at most 55 characters",
+        ),
+        c(
+            "name too long for its namespace",
+            set(italian(), "/metadata/name", json!("a".repeat(56))),
+            "metadata.name must be a DNS label of at most 55 characters",
+        ),
+        c(
+            "negative population",
+            set(italian(), "/spec/population", json!(-1)),
+            "spec.population in body should be greater than or equal to 0",
+        ),
+        c(
+            "union that is not a DNS label",
+            set(italian(), "/spec/union", json!("Valle di Comino")),
+            "spec.union: Invalid value: \"Valle di Comino\": union must be a DNS label",
+        ),
+        c(
+            "negative CPU quota",
+            set(italian(), "/spec/quota", json!({"cpu": "-1"})),
+            "spec.quota.cpu: Invalid value: \"-1\": must be a non-negative quantity",
+        ),
+        c(
+            "memory quota that is no quantity",
+            set(italian(), "/spec/quota", json!({"memory": "lots"})),
+            "spec.quota.memory: Invalid value: \"lots\": must be a non-negative quantity",
+        ),
+        c(
+            "negative pod quota",
+            set(italian(), "/spec/quota", json!({"pods": -5})),
+            "spec.quota.pods in body should be greater than or equal to 0",
+        ),
+        c(
+            "RTD e-mail without @",
+            set(
+                italian(),
+                "/spec/contacts/rtd/email",
+                json!("rtd.comune.example.it"),
+            ),
+            "email must be an e-mail address",
+        ),
+        c(
+            "admin of kind ServiceAccount",
+            set(
+                italian(),
+                "/spec/access/admins",
+                json!([{"kind": "ServiceAccount", "name": "x"}]),
+            ),
+            "spec.access.admins[0].kind: Unsupported value: \"ServiceAccount\": supported values: \"User\", \"Group\"",
+        ),
+        c(
+            "unknown data classification",
+            set(italian(), "/spec/dataClassification", json!("secret")),
+            "spec.dataClassification: Unsupported value: \"secret\": supported values: \"ordinary\", \"critical\", \"strategic\"",
+        ),
+        c(
+            "unknown deletion policy",
+            set(italian(), "/spec/deletionPolicy", json!("Orphan")),
+            "spec.deletionPolicy: Unsupported value: \"Orphan\": supported values: \"Retain\", \"Delete\"",
+        ),
+        c(
+            "empty display name",
+            set(italian(), "/spec/displayName", json!("")),
+            "spec.displayName in body should be at least 1 chars long",
+        ),
+        c(
+            "image without tag",
+            set(service(), "/spec/template/image", json!("nginx")),
+            "spec.template.image: Invalid value: \"nginx\": image must carry a tag or a digest",
+        ),
+        c(
+            "image on a registry port without tag",
+            set(
+                service(),
+                "/spec/template/image",
+                json!("registry.example:5000/sit"),
+            ),
+            "image must carry a tag or a digest",
+        ),
+        c(
+            "image tagged latest",
+            set(service(), "/spec/template/image", json!("nginx:latest")),
+            "image must not use the tag latest",
+        ),
+        c(
+            "port out of range",
+            set(service(), "/spec/template/port", json!(70000)),
+            "spec.template.port in body should be less than or equal to 65535",
+        ),
+        c(
+            "negative replicas",
+            set(service(), "/spec/template/replicas", json!(-1)),
+            "spec.template.replicas in body should be greater than or equal to 0",
+        ),
+        c(
+            "unknown tenancy",
+            set(service(), "/spec/tenancy", json!("Multi")),
+            "spec.tenancy: Unsupported value: \"Multi\": supported values: \"Dedicated\", \"Shared\"",
+        ),
+        c(
+            "no comuni selected",
+            set(service(), "/spec/municipalities", json!({})),
+            "municipalities needs a selector, a list of names, or both",
+        ),
+        c(
+            "comune name in capitals",
+            set(service(), "/spec/municipalities/names", json!(["Alvito"])),
+            "spec.municipalities.names[0] in body should match",
+        ),
+        c(
+            "dedicated host without the comune's name",
+            set(service(), "/spec/ingress/host", json!("sit.example.org")),
+            "ingress.host must contain {{ municipality.name }} when tenancy is Dedicated",
+        ),
+        c(
+            "unknown placeholder in env",
+            set(
+                service(),
+                "/spec/template/env",
+                json!([{"name": "X", "value": "{{ municipality.mayor }}"}]),
+            ),
+            "spec.template.env[0].value: Invalid value: \"{{ municipality.mayor }}\": unknown placeholder",
+        ),
+        c(
+            "env name starting with a digit",
+            set(
+                service(),
+                "/spec/template/env",
+                json!([{"name": "1X", "value": "v"}]),
+            ),
+            "spec.template.env[0].name in body should match",
+        ),
+        c(
+            "maxUnavailable 0",
+            set(service(), "/spec/rollout/maxUnavailable", json!(0)),
+            "maxUnavailable must be a whole number of at least 1, or a percentage from 1% to 100%",
+        ),
+        c(
+            "maxUnavailable 150%",
+            set(service(), "/spec/rollout/maxUnavailable", json!("150%")),
+            "maxUnavailable must be a whole number of at least 1",
+        ),
+        c(
+            "zero storage",
+            set(service(), "/spec/template/storage/size", json!("0")),
+            "storage.size must be a positive quantity",
+        ),
+        c(
+            "probe path without a slash",
+            set(service(), "/spec/template/probes/path", json!("healthz")),
+            "spec.template.probes.path in body should match '^/'",
+        ),
+    ]
+}
+
+/// Valid first, then changed: (what, original, changed, message).
+fn invalid_on_update() -> Vec<(&'static str, Value, Value, &'static str)> {
+    vec![
+        (
+            "country changed",
+            italian(),
+            set(
+                unset(
+                    unset(
+                        unset(
+                            unset(
+                                set(italian(), "/spec/country", json!("CH")),
+                                "/spec/istatCode",
+                            ),
+                            "/spec/belfioreCode",
+                        ),
+                        "/spec/province",
+                    ),
+                    "/spec/region",
+                ),
+                "/spec/bfsNumber",
+                json!(5192),
+            ),
+            "country cannot be changed once set",
+        ),
+        (
+            "ISTAT code changed",
+            italian(),
+            set(italian(), "/spec/istatCode", json!("060011")),
+            "istatCode cannot be changed once set",
+        ),
+        (
+            "Belfiore code changed",
+            italian(),
+            set(italian(), "/spec/belfioreCode", json!("A486")),
+            "belfioreCode cannot be changed once set",
+        ),
+        (
+            "BFS number changed",
+            swiss(),
+            set(swiss(), "/spec/bfsNumber", json!(5113)),
+            "bfsNumber cannot be changed once set",
+        ),
+        (
+            "tenancy changed",
+            service(),
+            unset(
+                set(service(), "/spec/tenancy", json!("Shared")),
+                "/spec/ingress",
+            ),
+            "tenancy cannot be changed",
+        ),
+    ]
+}
+
+fn named(mut manifest: Value, name: &str) -> anyhow::Result<DynamicObject> {
+    if manifest.pointer("/metadata/name") == Some(&json!("placeholder")) {
+        manifest = set(manifest, "/metadata/name", json!(name));
+    }
+    Ok(serde_json::from_value(manifest)?)
+}
+
+fn api(env: &Env, manifest: &Value) -> Api<DynamicObject> {
+    let kind = manifest["kind"].as_str().expect("fixture has a kind");
+    Api::all_with(env.client(), &resource(kind))
+}
+
+/// Creates `obj`, registering it for clean-up. Returns the API server's refusal, if any.
+async fn create(
+    env: &Env,
+    manifest: &Value,
+    name: &str,
+) -> anyhow::Result<Result<DynamicObject, kube::core::Status>> {
+    let obj = named(manifest.clone(), name)?;
+    let kind = manifest["kind"].as_str().context("kind")?;
+    match api(env, manifest)
+        .create(&PostParams::default(), &obj)
+        .await
+    {
+        Ok(created) => {
+            env.delete_later_dynamic(
+                resource(kind),
+                None,
+                created.metadata.name.clone().unwrap_or_default(),
+            );
+            Ok(Ok(created))
+        }
+        Err(kube::Error::Api(status)) => Ok(Err(*status)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn check_refusal(
+    what: &str,
+    outcome: Result<DynamicObject, kube::core::Status>,
+    message: &str,
+    failures: &mut Vec<String>,
+) {
+    match outcome {
+        Ok(_) => failures.push(format!(
+            "{what}: accepted, but should be refused with \"{message}\""
+        )),
+        Err(status) if status.code != 422 => failures.push(format!(
+            "{what}: HTTP {} instead of 422: {}",
+            status.code, status.message
+        )),
+        Err(status) if !status.message.contains(message) => failures.push(format!(
+            "{what}: message does not contain \"{message}\":\n    {}",
+            status.message
+        )),
+        Err(_) => {}
+    }
+}
+
+#[tokio::test]
+async fn invalid_manifests_are_refused_with_a_message_naming_the_field() {
+    run(|env: Env| async move {
+        install_crds(&env.client()).await?;
+        let cases = invalid_on_create();
+        assert!(
+            cases.len() >= 25,
+            "the issue asks for at least 25 invalid manifests"
+        );
+        let mut failures = vec![];
+        for case in &cases {
+            let outcome = create(&env, &case.manifest, &unique_name("bad")).await?;
+            check_refusal(case.what, outcome, case.message, &mut failures);
+        }
+        if !failures.is_empty() {
+            bail!(
+                "{} of {} invalid manifests were not refused as expected:\n{}",
+                failures.len(),
+                cases.len(),
+                failures.join("\n")
+            );
+        }
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn immutable_fields_cannot_be_changed() {
+    run(|env: Env| async move {
+        install_crds(&env.client()).await?;
+        let mut failures = vec![];
+        for (what, original, changed, message) in invalid_on_update() {
+            let name = unique_name("immutable");
+            let created = match create(&env, &original, &name).await? {
+                Ok(created) => created,
+                Err(status) => bail!("{what}: the original was refused: {}", status.message),
+            };
+            let mut update = named(changed.clone(), &name)?;
+            update.metadata.resource_version = created.metadata.resource_version.clone();
+            let outcome = match api(&env, &changed)
+                .replace(&name, &PostParams::default(), &update)
+                .await
+            {
+                Ok(obj) => Ok(obj),
+                Err(kube::Error::Api(status)) => Err(*status),
+                Err(e) => return Err(e.into()),
+            };
+            check_refusal(what, outcome, message, &mut failures);
+        }
+        if !failures.is_empty() {
+            bail!("immutable fields were changed:\n{}", failures.join("\n"));
+        }
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn minimal_municipality_gets_the_documented_defaults() {
+    run(|env: Env| async move {
+        install_crds(&env.client()).await?;
+        let created = match create(&env, &swiss(), &unique_name("defaults")).await? {
+            Ok(obj) => obj,
+            Err(status) => bail!("refused: {}", status.message),
+        };
+        let spec = &created.data["spec"];
+        assert_eq!(
+            spec["quota"],
+            json!({"cpu": "4", "memory": "8Gi", "storage": "100Gi", "pods": 50})
+        );
+        assert_eq!(spec["network"], json!({"allowInternetEgress": false}));
+        assert_eq!(spec["dataClassification"], "ordinary");
+        assert_eq!(spec["deletionPolicy"], "Retain");
+        assert_eq!(spec["suspended"], false);
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn every_example_is_accepted() {
+    run(|env: Env| async move {
+        install_crds(&env.client()).await?;
+        // A prefix keeps the examples apart from a demo (`make run`) on the same cluster.
+        let prefix = unique_name("ex");
+        let mut count = 0;
+        for manifest in example_manifests()? {
+            let name = format!(
+                "{prefix}-{}",
+                manifest["metadata"]["name"].as_str().context("name")?
+            );
+            let manifest = set(manifest, "/metadata/name", json!(name));
+            if let Err(status) = create(&env, &manifest, &name).await? {
+                bail!("example {name} was refused: {}", status.message);
+            }
+            count += 1;
+        }
+        assert!(
+            count >= 30 + 8,
+            "expected at least 30 comuni and 8 services, found {count} objects"
+        );
+        Ok(())
+    })
+    .await;
+}
