@@ -1,4 +1,12 @@
-//! The consorzio operator.
+//! The consorzio operator: renders Municipality and SharedService objects into namespaces,
+//! policies and application instances, and keeps them that way.
+
+pub mod controller;
+pub mod metrics;
+pub mod quantity;
+pub mod render;
+pub mod server;
+pub mod telemetry;
 
 /// Both CRDs as one multi-document YAML stream, as committed in `crds/`.
 pub fn crds_yaml() -> anyhow::Result<String> {

@@ -1,9 +1,27 @@
 //! `consorzio`: the operator (`run`), its CRDs (`crds`), and a dry run of what it would create
 //! (`render`).
 
-use std::io::Write;
+use std::{
+    collections::BTreeMap,
+    io::{Read, Write},
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, atomic::AtomicBool},
+    time::Duration,
+};
 
-use clap::{Parser, Subcommand};
+use anyhow::{Context as _, bail};
+use clap::{Args, Parser, Subcommand};
+use consorzio::{
+    controller::{self, Context},
+    metrics::Metrics,
+    render::{self, Config},
+    server::{self, Health},
+    telemetry::{self, LogFormat},
+};
+use consorzio_api::Municipality;
+use futures::FutureExt;
+use kube::{Api, Client, api::ListParams};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -18,16 +36,199 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Runs the operator against the cluster of KUBECONFIG (or the in-cluster configuration).
+    Run(RunArgs),
     /// Prints the CustomResourceDefinitions of Municipality and SharedService as YAML.
     Crds,
+    /// Prints, as YAML, every object the operator would create for the given manifests, without
+    /// touching a cluster.
+    Render(RenderArgs),
+}
+
+#[derive(Args, Debug)]
+struct Settings {
+    /// Prefix of each comune's namespace.
+    #[arg(long, env = "CONSORZIO_NAMESPACE_PREFIX", default_value = "comune-")]
+    namespace_prefix: String,
+    /// Labels (k=v,k2=v2) of the ingress controller's namespace, whose pods may reach every comune.
+    #[arg(
+        long,
+        env = "CONSORZIO_INGRESS_NAMESPACE_SELECTOR",
+        default_value = "kubernetes.io/metadata.name=ingress-nginx"
+    )]
+    ingress_namespace_selector: String,
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    #[command(flatten)]
+    settings: Settings,
+    /// Address of the /metrics, /healthz and /readyz endpoints.
+    #[arg(long, env = "CONSORZIO_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    metrics_addr: SocketAddr,
+    /// Log format.
+    #[arg(long, env = "CONSORZIO_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+#[derive(Args, Debug)]
+struct RenderArgs {
+    #[command(flatten)]
+    settings: Settings,
+    /// Manifest files of Municipalities and SharedServices (`-` reads standard input).
+    #[arg(short = 'f', long = "filename", required = true)]
+    files: Vec<PathBuf>,
+}
+
+impl Settings {
+    fn config(&self) -> anyhow::Result<Config> {
+        let prefix = &self.namespace_prefix;
+        let valid = !prefix.is_empty()
+            && prefix.len() <= 8
+            && prefix
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && !prefix.starts_with('-');
+        if !valid {
+            bail!(
+                "--namespace-prefix {prefix:?} is not usable: it must be 1 to 8 lowercase letters, \
+                 digits or '-', not starting with '-' (comune names may be 55 characters long)"
+            );
+        }
+        let mut labels = BTreeMap::new();
+        for pair in self
+            .ingress_namespace_selector
+            .split(',')
+            .filter(|p| !p.trim().is_empty())
+        {
+            let Some((key, value)) = pair.split_once('=') else {
+                bail!("--ingress-namespace-selector: {pair:?} is not key=value");
+            };
+            labels.insert(key.trim().to_string(), value.trim().to_string());
+        }
+        if labels.is_empty() {
+            bail!("--ingress-namespace-selector needs at least one key=value label");
+        }
+        Ok(Config {
+            namespace_prefix: prefix.clone(),
+            ingress_namespace_labels: labels,
+        })
+    }
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Crds => {
-            let mut out = std::io::stdout().lock();
-            out.write_all(consorzio::crds_yaml()?.as_bytes())?;
+            std::io::stdout()
+                .lock()
+                .write_all(consorzio::crds_yaml()?.as_bytes())?;
+            Ok(())
         }
+        Command::Render(args) => render_files(&args),
+        Command::Run(args) => {
+            telemetry::init(args.log_format);
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(run(args))
+        }
+    }
+}
+
+fn render_files(args: &RenderArgs) -> anyhow::Result<()> {
+    let config = args.settings.config()?;
+    let mut out = String::new();
+    for file in &args.files {
+        let text = if file.as_os_str() == "-" {
+            let mut text = String::new();
+            std::io::stdin().read_to_string(&mut text)?;
+            text
+        } else {
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?
+        };
+        for (i, doc) in serde_yaml::Deserializer::from_str(&text).enumerate() {
+            let where_ = format!("{}, document {}", file.display(), i + 1);
+            let value: serde_json::Value =
+                serde::Deserialize::deserialize(doc).with_context(|| where_.clone())?;
+            if value.is_null() {
+                continue;
+            }
+            match value["kind"].as_str() {
+                Some("Municipality") => {
+                    let m: Municipality = serde_json::from_value(value)
+                        .with_context(|| format!("{where_}: not a valid Municipality"))?;
+                    for rendered in render::render_municipality(&m, &config)? {
+                        out.push_str("---\n# ");
+                        out.push_str(&rendered.describe());
+                        out.push('\n');
+                        out.push_str(&serde_yaml::to_string(&rendered.object)?);
+                    }
+                }
+                Some("SharedService") => {}
+                other => bail!("{where_}: kind {other:?} is not Municipality or SharedService"),
+            }
+        }
+    }
+    std::io::stdout().lock().write_all(out.as_bytes())?;
+    Ok(())
+}
+
+/// Waits until the Municipality CRD is served, saying how to install it meanwhile.
+async fn wait_for_crds(client: &Client) {
+    let api = Api::<Municipality>::all(client.clone());
+    loop {
+        match api.list_metadata(&ListParams::default().limit(1)).await {
+            Ok(_) => return,
+            Err(kube::Error::Api(status)) if status.code == 404 => tracing::warn!(
+                "the Municipality CRD is not installed; install it with `consorzio crds | kubectl apply --server-side -f -`"
+            ),
+            Err(error) => tracing::warn!(%error, "cannot list Municipalities yet"),
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c().map(|_| ());
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                term.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    futures::future::select(Box::pin(ctrl_c), Box::pin(term)).await;
+    tracing::info!("shutting down");
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let config = args.settings.config()?;
+    let client = Client::try_default()
+        .await
+        .context("cannot find a cluster: set KUBECONFIG, or run inside a cluster")?;
+    let metrics = Arc::new(Metrics::default());
+    let ready = Arc::new(AtomicBool::new(false));
+    let shutdown = shutdown_signal().shared();
+
+    let health = Health {
+        metrics: metrics.clone(),
+        ready: ready.clone(),
+    };
+    let server = tokio::spawn(server::serve(args.metrics_addr, health, shutdown.clone()));
+    tracing::info!(addr = %args.metrics_addr, "serving /metrics, /healthz and /readyz");
+
+    wait_for_crds(&client).await;
+    let (ctx, triggers) = Context::start(client, config, metrics).await?;
+    ready.store(true, std::sync::atomic::Ordering::Relaxed);
+    tracing::info!("caches filled; reconciling");
+    let municipalities = controller::run_municipalities(ctx, triggers, shutdown.clone());
+    tokio::select! {
+        () = municipalities => {}
+        result = server => result??,
     }
     Ok(())
 }

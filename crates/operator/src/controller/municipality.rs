@@ -1,0 +1,386 @@
+//! The Municipality reconciler: render, apply what differs, prune, write status; and on deletion,
+//! keep or delete the namespace as the deletion policy says.
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use consorzio_api::{DeletionPolicy, Municipality, MunicipalityStatus, QuotaUsage};
+use futures::{Stream, StreamExt, future::try_join_all};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{Patch, PatchParams},
+    core::{ApiResource, DeserializeGuard},
+    runtime::{
+        controller::{Action, Controller},
+        events::{Event, EventType},
+        reflector::ObjectRef,
+        watcher,
+    },
+};
+use serde_json::json;
+
+use super::{
+    Context, Error,
+    apply::{FIELD_MANAGER, apply_if_changed, delete},
+    status::{condition, ready_reason},
+};
+use crate::{
+    metrics::{ControllerName, QUOTA_RESOURCES},
+    quantity,
+    render::{
+        MANAGED_BY, MUNICIPALITY_LABEL, ORPHANED_LABEL, Rendered,
+        municipality::{official_code, optional_objects, render_namespace},
+        namespace_name, render_municipality,
+    },
+};
+
+/// Keeps a Municipality from going before its namespace is kept or deleted, as its policy says.
+pub const FINALIZER: &str = "consorzio.io/namespace";
+/// How often a comune is checked even when nothing changed.
+const RESYNC: Duration = Duration::from_secs(30 * 60);
+
+/// Runs the Municipality controller until `shutdown` completes.
+pub async fn run(
+    ctx: Arc<Context>,
+    triggers: impl Stream<Item = ObjectRef<Municipality>> + Send + 'static,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let api = Api::<DeserializeGuard<Municipality>>::all(ctx.client.clone());
+    let triggers = triggers.map(|r: ObjectRef<Municipality>| ObjectRef::new(&r.name));
+    Controller::new(api, watcher::Config::default())
+        .reconcile_on(triggers)
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|_| async {})
+        .await;
+}
+
+async fn reconcile(
+    guard: Arc<DeserializeGuard<Municipality>>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    let _timer = ctx.metrics.reconcile_started(ControllerName::municipality);
+    let m = match &guard.0 {
+        Ok(m) => m,
+        Err(invalid) => {
+            // A manifest the API server accepted but these types cannot read (e.g. written under
+            // an older CRD). Nothing can be done until it changes; the rest of the fleet goes on.
+            tracing::warn!(name = %guard.name_any(), error = %invalid, "cannot read Municipality");
+            ctx.metrics
+                .reconcile_finished(ControllerName::municipality, Some("malformed"));
+            return Ok(Action::await_change());
+        }
+    };
+    let result = reconcile_municipality(m, &ctx).await;
+    let reason = result.as_ref().err().map(Error::reason);
+    ctx.metrics
+        .reconcile_finished(ControllerName::municipality, reason);
+    if result.is_ok() {
+        ctx.succeeded(&m.name_any());
+    }
+    result
+}
+
+fn error_policy(
+    guard: Arc<DeserializeGuard<Municipality>>,
+    error: &Error,
+    ctx: Arc<Context>,
+) -> Action {
+    let name = guard.name_any();
+    tracing::warn!(%name, error = %error, source = ?std::error::Error::source(error), "reconcile failed");
+    if error.is_permanent() {
+        Action::await_change()
+    } else {
+        Action::requeue(ctx.backoff(&name))
+    }
+}
+
+async fn reconcile_municipality(m: &Municipality, ctx: &Context) -> Result<Action, Error> {
+    if m.meta().deletion_timestamp.is_some() {
+        return cleanup(m, ctx).await;
+    }
+    set_finalizer(m, ctx, true).await?;
+
+    let ns_name = namespace_name(m, &ctx.config);
+    match namespace_state(m, &ns_name, ctx).await? {
+        NamespaceState::Foreign => {
+            let message = format!(
+                "namespace {ns_name} already exists and is not managed by consorzio for this comune; \
+                 it is left untouched. Rename or remove it, or choose another namespace prefix"
+            );
+            write_status(m, ctx, (false, "NamespaceConflict", message), &ns_name).await?;
+            return Ok(Action::requeue(Duration::from_secs(60)));
+        }
+        NamespaceState::Terminating => {
+            let message =
+                format!("namespace {ns_name} is being deleted; waiting to create it anew");
+            write_status(m, ctx, (false, "NamespaceTerminating", message), &ns_name).await?;
+            return Ok(Action::requeue(Duration::from_secs(2)));
+        }
+        NamespaceState::Absent | NamespaceState::Ours => {}
+    }
+
+    let desired = render_municipality(m, &ctx.config)?;
+    // The namespace first: everything else lives in it.
+    let (namespace, rest) = desired
+        .split_first()
+        .ok_or(Error::Malformed("rendered namespace"))?;
+    apply_if_changed(
+        &ctx.client,
+        &ctx.metrics,
+        namespace,
+        ctx.stores.cached(namespace),
+    )
+    .await?;
+    try_join_all(
+        rest.iter()
+            .map(|obj| apply_if_changed(&ctx.client, &ctx.metrics, obj, ctx.stores.cached(obj))),
+    )
+    .await?;
+    prune(&desired, &ns_name, ctx).await?;
+
+    let ready = if m.spec.suspended {
+        (
+            true,
+            "Suspended",
+            format!(
+                "namespace {ns_name} is in place; no pods may run while the comune is suspended"
+            ),
+        )
+    } else {
+        (
+            true,
+            "Reconciled",
+            format!(
+                "namespace {ns_name}, its quota, limits, network policies and access are in place"
+            ),
+        )
+    };
+    write_status(m, ctx, ready, &ns_name).await?;
+    Ok(Action::requeue(RESYNC))
+}
+
+enum NamespaceState {
+    Absent,
+    Ours,
+    Terminating,
+    Foreign,
+}
+
+/// Whether the comune's namespace exists, and whether it is this Municipality's to manage.
+async fn namespace_state(
+    m: &Municipality,
+    ns_name: &str,
+    ctx: &Context,
+) -> Result<NamespaceState, Error> {
+    let cached = ctx
+        .stores
+        .namespaces
+        .get(&ObjectRef::new(ns_name))
+        .map(|ns| ns.as_ref().clone());
+    let ns = match cached {
+        Some(ns) => Some(ns),
+        // Not in the cache of managed namespaces: it may still exist, unmanaged.
+        None => {
+            Api::<Namespace>::all(ctx.client.clone())
+                .get_opt(ns_name)
+                .await?
+        }
+    };
+    let Some(ns) = ns else {
+        return Ok(NamespaceState::Absent);
+    };
+    let labels = ns.labels();
+    let ours = labels.get(MANAGED_BY.0).map(String::as_str) == Some(MANAGED_BY.1)
+        && labels.get(MUNICIPALITY_LABEL) == Some(&m.name_any());
+    Ok(match (ours, ns.metadata.deletion_timestamp.is_some()) {
+        (false, _) => NamespaceState::Foreign,
+        (true, true) => NamespaceState::Terminating,
+        (true, false) => NamespaceState::Ours,
+    })
+}
+
+/// Deletes the managed objects this comune no longer needs (an access binding or the internet
+/// egress policy that the spec dropped).
+async fn prune(desired: &[Rendered], ns: &str, ctx: &Context) -> Result<(), Error> {
+    for (resource, name) in optional_objects() {
+        let wanted = desired
+            .iter()
+            .any(|d| d.resource.kind == resource.kind && d.object.name_any() == name);
+        if wanted {
+            continue;
+        }
+        let probe = Rendered {
+            resource: resource.clone(),
+            object: kube::api::DynamicObject::new(name, &resource).within(ns),
+        };
+        if ctx.stores.cached(&probe).is_some() {
+            delete(&ctx.client, &ctx.metrics, &resource, Some(ns), name).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes the status when it differs from what the object has, and keeps the metrics current.
+async fn write_status(
+    m: &Municipality,
+    ctx: &Context,
+    (ready, reason, message): (bool, &str, String),
+    ns_name: &str,
+) -> Result<(), Error> {
+    let name = m.name_any();
+    let current = m.status.clone().unwrap_or_default();
+    let quota = quota_usage(ctx, ns_name);
+    for resource in QUOTA_RESOURCES {
+        if let Some(q) = quota.get(*resource) {
+            let (hard, used) = (quantity::parse(&q.hard.0), quantity::parse(&q.used.0));
+            ctx.metrics
+                .set_quota(&name, resource, hard.unwrap_or(0.0), used.unwrap_or(0.0));
+        }
+    }
+    ctx.metrics.set_ready(&name, ready);
+
+    if reason == "NamespaceConflict" && ready_reason(&current.conditions) != Some(reason) {
+        publish(ctx, m, EventType::Warning, reason, &message).await;
+    }
+    let status = MunicipalityStatus {
+        namespace: Some(ns_name.to_string()),
+        code: official_code(m),
+        observed_generation: m.metadata.generation,
+        conditions: vec![condition(
+            &current.conditions,
+            "Ready",
+            ready,
+            reason,
+            message,
+            m.metadata.generation,
+        )],
+        quota,
+        services: vec![],
+    };
+    // Services are written by the SharedService controller: leave them out of the comparison.
+    let mut unchanged = current.clone();
+    unchanged.services = vec![];
+    if unchanged == status {
+        return Ok(());
+    }
+    let patch = json!({
+        "apiVersion": "consorzio.io/v1alpha1",
+        "kind": "Municipality",
+        "status": status,
+    });
+    ctx.metrics.wrote("Municipality");
+    Api::<Municipality>::all(ctx.client.clone())
+        .patch_status(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(patch),
+        )
+        .await?;
+    Ok(())
+}
+
+/// Hard and used quota, from the ResourceQuota's status as the quota controller reports it.
+fn quota_usage(ctx: &Context, ns: &str) -> BTreeMap<String, QuotaUsage> {
+    let key = ObjectRef::new("consorzio-quota").within(ns);
+    let Some(quota) = ctx.stores.quotas.get(&key) else {
+        return BTreeMap::new();
+    };
+    let Some(status) = quota.status.as_ref() else {
+        return BTreeMap::new();
+    };
+    let (hard, used) = (
+        status.hard.clone().unwrap_or_default(),
+        status.used.clone().unwrap_or_default(),
+    );
+    hard.into_iter()
+        .map(|(resource, hard)| {
+            let used = used.get(&resource).cloned().unwrap_or_default();
+            (resource, QuotaUsage { hard, used })
+        })
+        .collect()
+}
+
+async fn publish(ctx: &Context, m: &Municipality, type_: EventType, reason: &str, note: &str) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note.chars().take(1000).collect()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    ctx.metrics.wrote("Event");
+    if let Err(error) = ctx.recorder.publish(&event, &m.object_ref(&())).await {
+        tracing::warn!(%error, "cannot publish event");
+    }
+}
+
+/// Adds (or removes) the finalizer, with the resourceVersion as a precondition so that no other
+/// finalizer is lost.
+async fn set_finalizer(m: &Municipality, ctx: &Context, present: bool) -> Result<(), Error> {
+    let mut finalizers = m.finalizers().to_vec();
+    let has = finalizers.iter().any(|f| f == FINALIZER);
+    if has == present {
+        return Ok(());
+    }
+    if present {
+        finalizers.push(FINALIZER.into());
+    } else {
+        finalizers.retain(|f| f != FINALIZER);
+    }
+    let patch =
+        json!({"metadata": {"finalizers": finalizers, "resourceVersion": m.resource_version()}});
+    ctx.metrics.wrote("Municipality");
+    Api::<Municipality>::all(ctx.client.clone())
+        .patch(&m.name_any(), &PatchParams::default(), &Patch::Merge(patch))
+        .await?;
+    Ok(())
+}
+
+/// The Municipality is being deleted: keep its namespace (Retain) or delete it (Delete), then
+/// let it go.
+async fn cleanup(m: &Municipality, ctx: &Context) -> Result<Action, Error> {
+    if !m.finalizers().iter().any(|f| f == FINALIZER) {
+        return Ok(Action::await_change());
+    }
+    let name = m.name_any();
+    let ns_name = namespace_name(m, &ctx.config);
+    let state = namespace_state(m, &ns_name, ctx).await?;
+    match (m.spec.deletion_policy, state) {
+        (DeletionPolicy::Retain, NamespaceState::Ours) => {
+            let orphan = Rendered::new(&render_namespace(m, &ctx.config, true))?;
+            apply_if_changed(
+                &ctx.client,
+                &ctx.metrics,
+                &orphan,
+                ctx.stores.cached(&orphan),
+            )
+            .await?;
+            let note = format!(
+                "namespace {ns_name} and its data are kept, labelled {ORPHANED_LABEL}=true (deletionPolicy: Retain)"
+            );
+            publish(ctx, m, EventType::Normal, "NamespaceRetained", &note).await;
+        }
+        (DeletionPolicy::Delete, NamespaceState::Ours) => {
+            let resource = ApiResource::erase::<Namespace>(&());
+            delete(&ctx.client, &ctx.metrics, &resource, None, &ns_name).await?;
+            publish(
+                ctx,
+                m,
+                EventType::Normal,
+                "NamespaceDeleting",
+                &format!("deleting namespace {ns_name} (deletionPolicy: Delete)"),
+            )
+            .await;
+            return Ok(Action::requeue(Duration::from_secs(2)));
+        }
+        (DeletionPolicy::Delete, NamespaceState::Terminating) => {
+            return Ok(Action::requeue(Duration::from_secs(2)));
+        }
+        // Absent, or not ours (never touched), or already terminating under Retain: nothing to do.
+        _ => {}
+    }
+    set_finalizer(m, ctx, false).await?;
+    ctx.metrics.forget_municipality(&name);
+    Ok(Action::await_change())
+}

@@ -1,0 +1,144 @@
+//! Pure functions from custom resources to the Kubernetes objects that should exist for them.
+//! No I/O: the controllers apply what these return, and `consorzio render` prints it.
+
+pub mod municipality;
+mod network;
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::{
+    Resource, ResourceExt,
+    api::DynamicObject,
+    core::{ApiResource, ObjectMeta},
+};
+use serde::Serialize;
+
+pub use municipality::{municipality_labels, namespace_name, render_municipality};
+
+/// Marks every object the operator manages.
+pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "consorzio");
+/// Names the Municipality an object belongs to.
+pub const MUNICIPALITY_LABEL: &str = "consorzio.io/municipality";
+/// Set on a namespace (or volume) that the operator no longer manages but kept, so no data is lost.
+pub const ORPHANED_LABEL: &str = "consorzio.io/orphaned";
+
+/// Settings of the operator that shape what it renders.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Prefix of comuni's namespaces: `comune-` gives `comune-lugano`.
+    pub namespace_prefix: String,
+    /// Labels of the ingress controller's namespace, whose pods may reach every comune.
+    pub ingress_namespace_labels: BTreeMap<String, String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            namespace_prefix: "comune-".into(),
+            ingress_namespace_labels: BTreeMap::from([(
+                "kubernetes.io/metadata.name".into(),
+                "ingress-nginx".into(),
+            )]),
+        }
+    }
+}
+
+/// One object to apply, with the API it belongs to.
+#[derive(Clone, Debug)]
+pub struct Rendered {
+    /// Group, version, kind and plural of the object.
+    pub resource: ApiResource,
+    /// The object, as it is applied.
+    pub object: DynamicObject,
+}
+
+impl Rendered {
+    /// Wraps a typed object.
+    pub fn new<K>(object: &K) -> Result<Rendered, serde_json::Error>
+    where
+        K: Resource<DynamicType = ()> + Serialize,
+    {
+        let resource = ApiResource::erase::<K>(&());
+        let mut value = serde_json::to_value(object)?;
+        value["apiVersion"] = resource.api_version.clone().into();
+        value["kind"] = resource.kind.clone().into();
+        Ok(Rendered {
+            resource,
+            object: serde_json::from_value(value)?,
+        })
+    }
+
+    /// `Kind namespace/name`, for messages.
+    pub fn describe(&self) -> String {
+        match self.object.namespace() {
+            Some(ns) => format!("{} {ns}/{}", self.resource.kind, self.object.name_any()),
+            None => format!("{} {}", self.resource.kind, self.object.name_any()),
+        }
+    }
+}
+
+/// Metadata of a managed object: its name, namespace and the labels that tie it to its owner.
+pub(crate) fn managed_meta(
+    name: &str,
+    namespace: Option<&str>,
+    owner_label: (&str, &str),
+) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.to_string()),
+        namespace: namespace.map(str::to_string),
+        labels: Some(BTreeMap::from([
+            (MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string()),
+            (owner_label.0.to_string(), owner_label.1.to_string()),
+        ])),
+        ..Default::default()
+    }
+}
+
+/// An owner reference to `owner`, when it has a uid (objects read from files have none).
+pub(crate) fn owner_reference<K>(owner: &K) -> Option<OwnerReference>
+where
+    K: Resource<DynamicType = ()>,
+{
+    owner.controller_owner_ref(&())
+}
+
+/// A label value made from free text: lowercase letters, digits and '-', at most 63 characters.
+pub(crate) fn label_value(text: &str) -> String {
+    let mut out = String::new();
+    for c in text.chars().flat_map(char::to_lowercase) {
+        let c = match c {
+            'à' | 'á' | 'â' | 'ä' => 'a',
+            'è' | 'é' | 'ê' | 'ë' => 'e',
+            'ì' | 'í' | 'î' | 'ï' => 'i',
+            'ò' | 'ó' | 'ô' | 'ö' => 'o',
+            'ù' | 'ú' | 'û' | 'ü' => 'u',
+            c if c.is_ascii_alphanumeric() => c,
+            _ => '-',
+        };
+        if !(c == '-' && (out.is_empty() || out.ends_with('-'))) {
+            out.push(c);
+        }
+    }
+    out.truncate(63);
+    out.trim_end_matches('-').to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_from_region_names() {
+        assert_eq!(
+            label_value("Valle d'Aosta/Vallée d'Aoste"),
+            "valle-d-aosta-vallee-d-aoste"
+        );
+        assert_eq!(
+            label_value("Friuli-Venezia Giulia"),
+            "friuli-venezia-giulia"
+        );
+        assert_eq!(label_value("Lazio"), "lazio");
+        assert_eq!(label_value("  "), "");
+    }
+}

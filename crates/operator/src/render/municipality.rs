@@ -1,0 +1,226 @@
+//! What a Municipality becomes: its namespace, quota, limits, network policies and role bindings.
+
+use std::collections::BTreeMap;
+
+use consorzio_api::{Country, Municipality, Subject, SubjectKind};
+use k8s_openapi::{
+    api::{
+        core::v1::{
+            LimitRange, LimitRangeItem, LimitRangeSpec, Namespace, ResourceQuota, ResourceQuotaSpec,
+        },
+        rbac::v1::{RoleBinding, RoleRef, Subject as RbacSubject},
+    },
+    apimachinery::pkg::api::resource::Quantity,
+};
+use kube::ResourceExt;
+
+use super::{
+    Config, MANAGED_BY, MUNICIPALITY_LABEL, ORPHANED_LABEL, Rendered, label_value, managed_meta,
+    network, owner_reference,
+};
+
+/// Name of the ClusterRole bound to a comune's admins.
+pub const ADMIN_CLUSTER_ROLE: &str = "consorzio-municipality-admin";
+/// Name of the ClusterRole bound to a comune's viewers.
+pub const VIEWER_CLUSTER_ROLE: &str = "consorzio-municipality-viewer";
+const ADMINS_BINDING: &str = "consorzio-admins";
+const VIEWERS_BINDING: &str = "consorzio-viewers";
+
+/// The namespace of a comune: the prefix and its name, e.g. `comune-lugano`.
+pub fn namespace_name(m: &Municipality, config: &Config) -> String {
+    format!("{}{}", config.namespace_prefix, m.name_any())
+}
+
+/// Labels that describe a comune, from its spec: they go on its namespace, and SharedService
+/// selectors match them (besides the Municipality's own labels).
+pub fn municipality_labels(m: &Municipality) -> BTreeMap<String, String> {
+    let spec = &m.spec;
+    let mut labels = BTreeMap::from([
+        (MUNICIPALITY_LABEL.to_string(), m.name_any()),
+        (
+            "consorzio.io/country".to_string(),
+            format!("{:?}", spec.country),
+        ),
+        (
+            "consorzio.io/data-classification".to_string(),
+            label_value(&format!("{:?}", spec.data_classification)),
+        ),
+    ]);
+    let mut put = |key: &str, value: Option<String>| {
+        if let Some(v) = value.filter(|v| !v.is_empty()) {
+            labels.insert(format!("consorzio.io/{key}"), v);
+        }
+    };
+    put("region", spec.region.as_deref().map(label_value));
+    put("province", spec.province.clone());
+    put("canton", spec.canton.map(|c| format!("{c:?}")));
+    put("union", spec.union.clone());
+    labels
+}
+
+/// The official code shown by kubectl: the ISTAT code in Italy, the BFS number in Switzerland.
+pub fn official_code(m: &Municipality) -> Option<String> {
+    match m.spec.country {
+        Country::IT => m.spec.istat_code.clone(),
+        Country::CH => m.spec.bfs_number.map(|n| n.to_string()),
+    }
+}
+
+/// Every object that should exist for a comune. `orphaned` renders the namespace as it is left
+/// behind after the Municipality is deleted with `deletionPolicy: Retain`.
+pub fn render_municipality(
+    m: &Municipality,
+    config: &Config,
+) -> Result<Vec<Rendered>, serde_json::Error> {
+    let ns = namespace_name(m, config);
+    let owner = (MUNICIPALITY_LABEL, m.name_any());
+    let owner = (owner.0, owner.1.as_str());
+    let mut out = vec![
+        Rendered::new(&render_namespace(m, config, false))?,
+        Rendered::new(&render_quota(m, &ns, owner))?,
+        Rendered::new(&render_limit_range(&ns, owner))?,
+    ];
+    for policy in network::render_network_policies(m, &ns, config, owner) {
+        out.push(Rendered::new(&policy)?);
+    }
+    let bindings = [
+        (ADMINS_BINDING, ADMIN_CLUSTER_ROLE, &m.spec.access.admins),
+        (VIEWERS_BINDING, VIEWER_CLUSTER_ROLE, &m.spec.access.viewers),
+    ];
+    for (name, role, subjects) in bindings {
+        if !subjects.is_empty() {
+            out.push(Rendered::new(&render_role_binding(
+                name, &ns, role, subjects, owner,
+            ))?);
+        }
+    }
+    Ok(out)
+}
+
+/// The comune's namespace: labelled with the comune's fields and Pod Security `restricted`.
+/// Only the namespace is owned by the Municipality; what is inside goes with the namespace.
+pub fn render_namespace(m: &Municipality, config: &Config, orphaned: bool) -> Namespace {
+    let mut labels = municipality_labels(m);
+    labels.insert(MANAGED_BY.0.into(), MANAGED_BY.1.into());
+    for mode in ["enforce", "audit", "warn"] {
+        labels.insert(
+            format!("pod-security.kubernetes.io/{mode}"),
+            "restricted".into(),
+        );
+    }
+    let mut namespace = Namespace {
+        metadata: kube::core::ObjectMeta {
+            name: Some(namespace_name(m, config)),
+            labels: Some(labels),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    if orphaned {
+        namespace
+            .labels_mut()
+            .insert(ORPHANED_LABEL.into(), "true".into());
+    } else if let Some(reference) = owner_reference(m) {
+        namespace.metadata.owner_references = Some(vec![reference]);
+    }
+    namespace
+}
+
+fn quantity(text: &str) -> Quantity {
+    Quantity(text.to_string())
+}
+
+/// The comune's quota: compute, memory, storage and pods from the spec, a bound on other objects,
+/// and no NodePort or LoadBalancer Services. A suspended comune may run no pods.
+fn render_quota(m: &Municipality, ns: &str, owner: (&str, &str)) -> ResourceQuota {
+    let q = &m.spec.quota;
+    let pods = if m.spec.suspended { 0 } else { q.pods };
+    let hard = BTreeMap::from([
+        ("requests.cpu".to_string(), q.cpu.clone()),
+        ("limits.cpu".to_string(), q.cpu.clone()),
+        ("requests.memory".to_string(), q.memory.clone()),
+        ("limits.memory".to_string(), q.memory.clone()),
+        ("requests.storage".to_string(), q.storage.clone()),
+        ("pods".to_string(), quantity(&pods.to_string())),
+        ("persistentvolumeclaims".to_string(), quantity("50")),
+        ("services".to_string(), quantity("50")),
+        ("configmaps".to_string(), quantity("200")),
+        ("secrets".to_string(), quantity("200")),
+        ("services.nodeports".to_string(), quantity("0")),
+        ("services.loadbalancers".to_string(), quantity("0")),
+    ]);
+    ResourceQuota {
+        metadata: managed_meta("consorzio-quota", Some(ns), owner),
+        spec: Some(ResourceQuotaSpec {
+            hard: Some(hard),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Defaults for containers that say nothing of their resources, so they are admitted under the
+/// quota (which requires requests and limits).
+fn render_limit_range(ns: &str, owner: (&str, &str)) -> LimitRange {
+    let pair = |cpu: &str, memory: &str| {
+        Some(BTreeMap::from([
+            ("cpu".to_string(), quantity(cpu)),
+            ("memory".to_string(), quantity(memory)),
+        ]))
+    };
+    LimitRange {
+        metadata: managed_meta("consorzio-limits", Some(ns), owner),
+        spec: Some(LimitRangeSpec {
+            limits: vec![LimitRangeItem {
+                type_: "Container".into(),
+                default: pair("500m", "512Mi"),
+                default_request: pair("100m", "128Mi"),
+                ..Default::default()
+            }],
+        }),
+    }
+}
+
+fn render_role_binding(
+    name: &str,
+    ns: &str,
+    cluster_role: &str,
+    subjects: &[Subject],
+    owner: (&str, &str),
+) -> RoleBinding {
+    RoleBinding {
+        metadata: managed_meta(name, Some(ns), owner),
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".into(),
+            kind: "ClusterRole".into(),
+            name: cluster_role.into(),
+        },
+        subjects: Some(
+            subjects
+                .iter()
+                .map(|s| RbacSubject {
+                    api_group: Some("rbac.authorization.k8s.io".into()),
+                    kind: match s.kind {
+                        SubjectKind::User => "User".into(),
+                        SubjectKind::Group => "Group".into(),
+                    },
+                    name: s.name.clone(),
+                    namespace: None,
+                })
+                .collect(),
+        ),
+    }
+}
+
+/// The objects a comune may or may not have, depending on its spec: when not rendered, they are
+/// pruned.
+pub fn optional_objects() -> Vec<(kube::core::ApiResource, &'static str)> {
+    use k8s_openapi::api::networking::v1::NetworkPolicy;
+    let policy = kube::core::ApiResource::erase::<NetworkPolicy>(&());
+    let binding = kube::core::ApiResource::erase::<RoleBinding>(&());
+    vec![
+        (policy, network::INTERNET_EGRESS),
+        (binding.clone(), ADMINS_BINDING),
+        (binding, VIEWERS_BINDING),
+    ]
+}
