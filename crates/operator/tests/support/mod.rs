@@ -1,0 +1,172 @@
+//! Runs the operator inside a test, against the local control plane.
+
+#![allow(dead_code)] // each test binary uses part of this
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::{Context as _, ensure};
+use consorzio::{
+    controller::{self, Context},
+    metrics::Metrics,
+    render::Config,
+};
+use consorzio_api::Municipality;
+use consorzio_testkit::{Env, TIMEOUT, install_crds, unique_name, wait_for, wait_gone};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::{
+    Api, ResourceExt,
+    api::{Patch, PatchParams},
+    core::ApiResource,
+};
+use tokio::{sync::oneshot, task::JoinHandle};
+
+/// Tests in one binary share the cluster's Municipalities: only one operator may run at a time.
+static ONE_OPERATOR: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// An operator running in this test.
+pub struct Operator {
+    /// Its metrics.
+    pub metrics: Arc<Metrics>,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl Operator {
+    /// Starts an operator with the default settings, after installing the CRDs and tenant roles.
+    pub async fn start(env: &Env) -> anyhow::Result<Operator> {
+        install_crds(&env.client()).await?;
+        install_tenant_roles(env).await?;
+        let metrics = Arc::new(Metrics::default());
+        let (ctx, triggers) =
+            Context::start(env.client(), Config::default(), metrics.clone()).await?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(controller::run_municipalities(ctx, triggers, async {
+            let _ = stopped.await;
+        }));
+        Ok(Operator {
+            metrics,
+            stop: Some(stop),
+            task,
+        })
+    }
+
+    /// Stops the operator and waits until it has.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(20), &mut self.task).await;
+    }
+
+    /// Sum of `consorzio_api_writes_total` over every kind.
+    pub fn writes(&self) -> u64 {
+        sum_of(&self.metrics.encode(), "consorzio_api_writes_total")
+    }
+}
+
+/// The sum of every sample of a metric in Prometheus text.
+pub fn sum_of(text: &str, metric: &str) -> u64 {
+    text.lines()
+        .filter(|l| l.starts_with(metric) && l[metric.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// Holds the operator lock for the test's duration.
+pub async fn exclusive() -> tokio::sync::MutexGuard<'static, ()> {
+    ONE_OPERATOR.lock().await
+}
+
+async fn install_tenant_roles(env: &Env) -> anyhow::Result<()> {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../deploy/rbac/tenant-roles.yaml"
+    );
+    let out =
+        consorzio_testkit::kubectl(env.cluster(), &["apply", "--server-side", "-f", path]).await?;
+    ensure!(
+        out.status.success(),
+        "applying tenant roles: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// A valid Italian Municipality with a fresh name, admins `<name>-admins`, viewers
+/// `<name>-viewers`.
+pub fn comune() -> Municipality {
+    let name = unique_name("t");
+    serde_yaml::from_str(&format!(
+        r#"
+apiVersion: consorzio.io/v1alpha1
+kind: Municipality
+metadata: {{name: {name}}}
+spec:
+  displayName: Comune di prova {name}
+  country: IT
+  istatCode: "060004"
+  belfioreCode: A244
+  province: FR
+  region: Lazio
+  union: valle-di-comino
+  access:
+    admins: [{{kind: Group, name: {name}-admins}}]
+    viewers: [{{kind: Group, name: {name}-viewers}}]
+"#
+    ))
+    .expect("fixture parses")
+}
+
+/// Applies a Municipality (server-side, as a user would) and registers it and its namespace
+/// for clean-up.
+pub async fn apply(env: &Env, m: &Municipality) -> anyhow::Result<Municipality> {
+    let api = Api::<Municipality>::all(env.client());
+    let mut body = serde_json::to_value(m)?;
+    if let Some(meta) = body.get_mut("metadata").and_then(|v| v.as_object_mut()) {
+        meta.retain(|k, _| k == "name" || k == "labels");
+    }
+    body.as_object_mut().context("object")?.remove("status");
+    let applied = api
+        .patch(
+            &m.name_any(),
+            &PatchParams::apply("consorzio-tests").force(),
+            &Patch::Apply(&body),
+        )
+        .await?;
+    env.delete_later(&applied);
+    env.delete_later_dynamic(
+        ApiResource::erase::<Namespace>(&()),
+        None,
+        format!("comune-{}", m.name_any()),
+    );
+    Ok(applied)
+}
+
+/// Waits until the Municipality's Ready condition has `status`, and returns the object.
+pub async fn wait_ready(env: &Env, name: &str, status: &str) -> anyhow::Result<Municipality> {
+    let api = Api::<Municipality>::all(env.client());
+    wait_for(
+        &format!("Municipality {name} to be Ready={status}"),
+        TIMEOUT,
+        || async {
+            let m = api.get(name).await?;
+            let ready = m
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"));
+            match ready {
+                Some(c) if c.status == status => Ok(m),
+                Some(c) => anyhow::bail!("Ready={} ({}: {})", c.status, c.reason, c.message),
+                None => anyhow::bail!("no Ready condition yet"),
+            }
+        },
+    )
+    .await
+}
+
+/// Deletes a Municipality and waits until it is gone (its finalizer done).
+pub async fn remove(env: &Env, name: &str) -> anyhow::Result<()> {
+    let api = Api::<Municipality>::all(env.client());
+    api.delete(name, &Default::default()).await?;
+    wait_gone(&api, name, TIMEOUT).await
+}
