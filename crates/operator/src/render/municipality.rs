@@ -224,3 +224,169 @@ pub fn optional_objects() -> Vec<(kube::core::ApiResource, &'static str)> {
         (binding, VIEWERS_BINDING),
     ]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from_yaml(yaml: &str) -> Municipality {
+        serde_yaml::from_str(yaml).expect("fixture parses")
+    }
+
+    const LUGANO: &str = r#"
+apiVersion: consorzio.io/v1alpha1
+kind: Municipality
+metadata: {name: lugano, uid: 7e1c1f0a-0000-4000-8000-000000000001}
+spec:
+  displayName: Lugano
+  country: CH
+  bfsNumber: 5192
+  canton: TI
+  union: citta-ticinesi
+  access:
+    admins: [{kind: Group, name: lugano-it}]
+  quota: {cpu: "16", memory: 32Gi, storage: 500Gi, pods: 200}
+  network: {allowInternetEgress: true}
+"#;
+
+    fn kinds_and_names(objects: &[Rendered]) -> Vec<String> {
+        objects.iter().map(Rendered::describe).collect()
+    }
+
+    #[test]
+    fn a_comune_becomes_its_namespace_quota_limits_policies_and_bindings() {
+        let objects = render_municipality(&from_yaml(LUGANO), &Config::default()).unwrap();
+        assert_eq!(
+            kinds_and_names(&objects),
+            [
+                "Namespace comune-lugano",
+                "ResourceQuota comune-lugano/consorzio-quota",
+                "LimitRange comune-lugano/consorzio-limits",
+                "NetworkPolicy comune-lugano/consorzio-default-deny",
+                "NetworkPolicy comune-lugano/consorzio-allow-dns",
+                "NetworkPolicy comune-lugano/consorzio-allow-same-namespace",
+                "NetworkPolicy comune-lugano/consorzio-allow-ingress-controller",
+                "NetworkPolicy comune-lugano/consorzio-allow-internet-egress",
+                "RoleBinding comune-lugano/consorzio-admins",
+            ]
+        );
+    }
+
+    #[test]
+    fn namespace_names_the_comune_and_enforces_restricted_pods() {
+        let ns = render_namespace(&from_yaml(LUGANO), &Config::default(), false);
+        let labels = ns.labels();
+        assert_eq!(labels["consorzio.io/country"], "CH");
+        assert_eq!(labels["consorzio.io/canton"], "TI");
+        assert_eq!(labels["consorzio.io/union"], "citta-ticinesi");
+        assert_eq!(labels["pod-security.kubernetes.io/enforce"], "restricted");
+        assert_eq!(ns.owner_references()[0].name, "lugano");
+        assert!(!labels.contains_key(ORPHANED_LABEL));
+    }
+
+    #[test]
+    fn an_orphaned_namespace_has_no_owner_and_says_so() {
+        let ns = render_namespace(&from_yaml(LUGANO), &Config::default(), true);
+        assert!(ns.owner_references().is_empty());
+        assert_eq!(ns.labels()[ORPHANED_LABEL], "true");
+    }
+
+    #[test]
+    fn quota_follows_the_spec_and_forbids_node_ports_and_load_balancers() {
+        let m = from_yaml(LUGANO);
+        let hard = render_quota(&m, "comune-lugano", (MUNICIPALITY_LABEL, "lugano"))
+            .spec
+            .unwrap()
+            .hard
+            .unwrap();
+        assert_eq!(hard["requests.cpu"].0, "16");
+        assert_eq!(hard["limits.memory"].0, "32Gi");
+        assert_eq!(hard["requests.storage"].0, "500Gi");
+        assert_eq!(hard["pods"].0, "200");
+        assert_eq!(hard["services.nodeports"].0, "0");
+        assert_eq!(hard["services.loadbalancers"].0, "0");
+    }
+
+    #[test]
+    fn a_suspended_comune_may_run_no_pods() {
+        let mut m = from_yaml(LUGANO);
+        m.spec.suspended = true;
+        let hard = render_quota(&m, "ns", (MUNICIPALITY_LABEL, "lugano"))
+            .spec
+            .unwrap()
+            .hard
+            .unwrap();
+        assert_eq!(hard["pods"].0, "0");
+        assert_eq!(hard["requests.storage"].0, "500Gi", "data stays");
+    }
+
+    #[test]
+    fn no_internet_and_no_viewers_means_no_such_objects() {
+        let mut m = from_yaml(LUGANO);
+        m.spec.network.allow_internet_egress = false;
+        let names = kinds_and_names(&render_municipality(&m, &Config::default()).unwrap());
+        assert!(
+            !names
+                .iter()
+                .any(|n| n.contains("internet") || n.contains("viewers")),
+            "{names:?}"
+        );
+    }
+
+    #[test]
+    fn internet_egress_never_reaches_private_ranges_where_other_comuni_live() {
+        let policies = network::render_network_policies(
+            &from_yaml(LUGANO),
+            "comune-lugano",
+            &Config::default(),
+            (MUNICIPALITY_LABEL, "lugano"),
+        );
+        let internet = policies
+            .iter()
+            .find(|p| p.name_any() == network::INTERNET_EGRESS)
+            .unwrap();
+        let peers = internet.spec.as_ref().unwrap().egress.as_ref().unwrap()[0]
+            .to
+            .clone()
+            .unwrap();
+        let v4 = peers[0].ip_block.as_ref().unwrap();
+        assert_eq!(v4.cidr, "0.0.0.0/0");
+        assert!(
+            v4.except
+                .as_ref()
+                .unwrap()
+                .contains(&"10.0.0.0/8".to_string())
+        );
+    }
+
+    #[test]
+    fn default_deny_covers_both_directions() {
+        let policies = network::render_network_policies(
+            &from_yaml(LUGANO),
+            "ns",
+            &Config::default(),
+            (MUNICIPALITY_LABEL, "lugano"),
+        );
+        let spec = policies[0].spec.as_ref().unwrap();
+        assert_eq!(policies[0].name_any(), "consorzio-default-deny");
+        assert_eq!(
+            spec.policy_types.as_deref(),
+            Some(&["Ingress".to_string(), "Egress".to_string()][..])
+        );
+        assert!(spec.ingress.is_none() && spec.egress.is_none());
+    }
+
+    #[test]
+    fn namespace_prefix_is_configurable() {
+        let config = Config {
+            namespace_prefix: "gem-".into(),
+            ..Config::default()
+        };
+        assert_eq!(namespace_name(&from_yaml(LUGANO), &config), "gem-lugano");
+    }
+
+    #[test]
+    fn official_code_is_istat_in_italy_and_bfs_in_switzerland() {
+        assert_eq!(official_code(&from_yaml(LUGANO)).as_deref(), Some("5192"));
+    }
+}

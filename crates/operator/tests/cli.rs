@@ -1,0 +1,98 @@
+//! The `consorzio` command line, without a cluster.
+
+use std::process::Command;
+
+fn consorzio(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_consorzio"))
+        .args(args)
+        .output()
+        .expect("runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/examples");
+
+#[test]
+fn render_prints_every_object_of_the_example_comuni() {
+    let (ok, out, err) = consorzio(&[
+        "render",
+        "-f",
+        &format!("{EXAMPLES}/ticino.yaml"),
+        "-f",
+        &format!("{EXAMPLES}/catalogue.yaml"),
+    ]);
+    assert!(ok, "{err}");
+    for city in ["bellinzona", "chiasso", "mendrisio", "locarno", "lugano"] {
+        assert!(
+            out.contains(&format!("# Namespace comune-{city}\n")),
+            "{city} missing:\n{out}"
+        );
+        assert!(out.contains(&format!("# ResourceQuota comune-{city}/consorzio-quota\n")));
+    }
+    assert_eq!(
+        out.matches("kind: NetworkPolicy").count(),
+        5 * 5,
+        "4 policies and internet egress each"
+    );
+}
+
+#[test]
+fn render_honours_the_namespace_prefix() {
+    let (ok, out, err) = consorzio(&[
+        "render",
+        "--namespace-prefix",
+        "gem-",
+        "-f",
+        &format!("{EXAMPLES}/ticino.yaml"),
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("# Namespace gem-lugano\n"));
+}
+
+#[test]
+fn render_refuses_bad_input_with_the_place_of_the_error() {
+    let dir = std::env::temp_dir().join(format!("consorzio-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("bad.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n",
+    )
+    .unwrap();
+    let (ok, _, err) = consorzio(&["render", "-f", file.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(
+        err.contains("document 1: kind Some(\"ConfigMap\") is not Municipality or SharedService"),
+        "{err}"
+    );
+
+    std::fs::write(&file, "apiVersion: consorzio.io/v1alpha1\nkind: Municipality\nmetadata: {name: x}\nspec: {country: FR}\n").unwrap();
+    let (ok, _, err) = consorzio(&["render", "-f", file.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(err.contains("not a valid Municipality"), "{err}");
+
+    let (ok, _, err) = consorzio(&[
+        "render",
+        "--namespace-prefix",
+        "Bad_",
+        "-f",
+        file.to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains("--namespace-prefix \"Bad_\" is not usable"),
+        "{err}"
+    );
+}
+
+#[test]
+fn crds_prints_both_definitions() {
+    let (ok, out, _) = consorzio(&["crds"]);
+    assert!(ok);
+    assert!(out.contains("name: municipalities.consorzio.io"));
+    assert!(out.contains("name: sharedservices.consorzio.io"));
+}
