@@ -7,7 +7,7 @@ CLUSTER := tests/cluster
 # Two cores: cargo's own parallelism plus two test threads keeps the control plane responsive.
 TEST_THREADS ?= 2
 
-.PHONY: run test test-unit cluster-up cluster-down cluster-selftest lint fmt crds
+.PHONY: run bench test test-unit cluster-up cluster-down cluster-selftest lint fmt crds
 
 METRICS_ADDR ?= 127.0.0.1:8080
 
@@ -44,28 +44,7 @@ cluster-up:
 cluster-down:
 	$(CLUSTER)/down
 
-cluster-selfMETRICS_ADDR ?= 127.0.0.1:8080
-
-# The demo: the local control plane, the CRDs and tenant roles, the example comuni and service
-# catalogue, and the operator in the foreground (Ctrl-C stops it; the cluster keeps running).
-run: cluster-up
-	cargo build -p consorzio
-	source target/cluster/env && \
-	  kubectl apply --server-side -f crds/ && \
-	  kubectl wait --for=condition=Established crd/municipalities.consorzio.io crd/sharedservices.consorzio.io && \
-	  kubectl apply --server-side -f deploy/rbac/tenant-roles.yaml && \
-	  kubectl apply --server-side -f deploy/examples/ && \
-	  echo && \
-	  echo "The operator runs below. In another terminal:" && \
-	  echo "  source target/cluster/env" && \
-	  echo "  kubectl get mun                     # the comuni, with their namespace and readiness" && \
-	  echo "  kubectl get ssvc                    # the shared services" && \
-	  echo "  kubectl get all,quota,netpol,rolebinding -n comune-lugano" && \
-	  echo "  curl -s http://$(METRICS_ADDR)/metrics | grep ^consorzio_" && \
-	  echo && \
-	  exec target/debug/consorzio run --metrics-addr $(METRICS_ADDR)
-
-test: cluster-up
+cluster-selftest: cluster-up
 	$(CLUSTER)/selftest
 
 lint:
@@ -78,3 +57,9 @@ fmt:
 # Regenerates crds/ from the Rust types in crates/api.
 crds:
 	cargo run --quiet -p consorzio -- crds > crds/consorzio.io.yaml
+
+# Benchmarks against the local control plane (release build of the operator); they print figures.
+bench: cluster-up
+	cargo build --release -p consorzio -p consorzio-bench
+	target/release/consorzio-bench onboarding --municipalities 50
+	target/release/consorzio-bench memory --municipalities 500

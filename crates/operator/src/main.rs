@@ -57,6 +57,9 @@ struct Settings {
         default_value = "kubernetes.io/metadata.name=ingress-nginx"
     )]
     ingress_namespace_selector: String,
+    /// How many objects each controller reconciles at once.
+    #[arg(long, env = "CONSORZIO_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
+    concurrency: u16,
 }
 
 #[derive(Args, Debug)]
@@ -112,6 +115,7 @@ impl Settings {
         Ok(Config {
             namespace_prefix: prefix.clone(),
             ingress_namespace_labels: labels,
+            concurrency: self.concurrency,
         })
     }
 }

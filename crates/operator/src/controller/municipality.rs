@@ -11,9 +11,10 @@ use kube::{
     api::{Patch, PatchParams},
     core::{ApiResource, DeserializeGuard},
     runtime::{
-        controller::{Action, Controller},
+        WatchStreamExt,
+        controller::{self, Action, Controller},
         events::{Event, EventType},
-        reflector::ObjectRef,
+        reflector::{self, ObjectRef},
         watcher,
     },
 };
@@ -47,7 +48,15 @@ pub async fn run(
 ) {
     let api = Api::<DeserializeGuard<Municipality>>::all(ctx.client.clone());
     let triggers = triggers.map(|r: ObjectRef<Municipality>| ObjectRef::new(&r.name));
-    Controller::new(api, watcher::Config::default())
+    // The cache keeps Municipalities without their managedFields: a good part of each object.
+    let (reader, writer) = reflector::store();
+    let municipalities = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .modify(|m| m.managed_fields_mut().clear())
+        .reflect(writer)
+        .applied_objects();
+    Controller::for_stream(municipalities, reader)
+        .with_config(controller::Config::default().concurrency(ctx.config.concurrency))
         .reconcile_on(triggers)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)

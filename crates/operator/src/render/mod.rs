@@ -30,6 +30,9 @@ pub struct Config {
     pub namespace_prefix: String,
     /// Labels of the ingress controller's namespace, whose pods may reach every comune.
     pub ingress_namespace_labels: BTreeMap<String, String>,
+    /// How many objects each controller reconciles at once. Bounds the requests in flight, and
+    /// so the operator's memory and its load on the API server.
+    pub concurrency: u16,
 }
 
 impl Default for Config {
@@ -40,6 +43,7 @@ impl Default for Config {
                 "kubernetes.io/metadata.name".into(),
                 "ingress-nginx".into(),
             )]),
+            concurrency: 16,
         }
     }
 }

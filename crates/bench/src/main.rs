@@ -1,0 +1,210 @@
+//! `consorzio-bench`: measures the operator against the local control plane and prints figures.
+//!
+//! The operator runs as its own process (the release build), so its memory is its own.
+
+mod operator;
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use consorzio_api::Municipality;
+use consorzio_testkit::{Cluster, install_crds};
+use futures::{StreamExt, TryStreamExt, stream};
+use kube::{
+    Api, Client,
+    api::{DeleteParams, ListParams, Patch, PatchParams},
+};
+use serde_json::json;
+
+use operator::OperatorProcess;
+
+#[derive(Parser, Debug)]
+#[command(about = "Benchmarks of the consorzio operator against the local control plane")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Time from applying a Municipality to Ready=True, one comune at a time.
+    Onboarding {
+        /// How many comuni to onboard.
+        #[arg(long, default_value_t = 50)]
+        municipalities: usize,
+    },
+    /// The operator's resident memory once it manages N comuni.
+    Memory {
+        /// How many comuni to onboard.
+        #[arg(long, default_value_t = 500)]
+        municipalities: usize,
+    },
+}
+
+fn municipality(name: &str) -> serde_json::Value {
+    json!({
+        "apiVersion": "consorzio.io/v1alpha1", "kind": "Municipality",
+        "metadata": {"name": name, "labels": {"consorzio.io/bench": "true"}},
+        "spec": {
+            "displayName": name, "country": "IT", "istatCode": "060004", "belfioreCode": "A244",
+            "province": "FR", "region": "Lazio", "union": "bench",
+            "access": {"admins": [{"kind": "Group", "name": format!("{name}-admins")}]},
+            "deletionPolicy": "Delete"
+        }
+    })
+}
+
+fn is_ready(m: &Municipality) -> bool {
+    m.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+            && s.observed_generation == m.metadata.generation
+    })
+}
+
+async fn apply(api: &Api<Municipality>, name: &str) -> anyhow::Result<()> {
+    api.patch(
+        name,
+        &PatchParams::apply("consorzio-bench").force(),
+        &Patch::Apply(municipality(name)),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn wait_ready(api: &Api<Municipality>, name: &str, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if api.get_opt(name).await?.is_some_and(|m| is_ready(&m)) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{name} not Ready after {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Deletes every benchmark comune and waits until they (and their namespaces) are gone.
+async fn clean_up(api: &Api<Municipality>) -> anyhow::Result<()> {
+    let params = ListParams::default().labels("consorzio.io/bench=true");
+    api.delete_collection(&DeleteParams::background(), &params)
+        .await?;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while !api.list_metadata(&params).await?.items.is_empty() {
+        if Instant::now() > deadline {
+            bail!("benchmark comuni still there after 10 minutes");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    Ok(())
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index.min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.0} ms", d.as_secs_f64() * 1000.0)
+}
+
+async fn onboarding(client: Client, n: usize) -> anyhow::Result<()> {
+    let api = Api::<Municipality>::all(client);
+    let mut latencies = vec![];
+    for i in 0..n {
+        let name = format!("bench-onboard-{i}");
+        let start = Instant::now();
+        apply(&api, &name).await?;
+        wait_ready(&api, &name, Duration::from_secs(60)).await?;
+        latencies.push(start.elapsed());
+    }
+    latencies.sort();
+    println!("onboarding latency, apply -> Ready=True, {n} comuni one at a time:");
+    println!(
+        "  median {}  p95 {}  p99 {}  max {}",
+        ms(percentile(&latencies, 0.5)),
+        ms(percentile(&latencies, 0.95)),
+        ms(percentile(&latencies, 0.99)),
+        ms(percentile(&latencies, 1.0))
+    );
+    Ok(())
+}
+
+async fn memory(client: Client, operator: &OperatorProcess, n: usize) -> anyhow::Result<()> {
+    let api = Api::<Municipality>::all(client);
+    let start = Instant::now();
+    stream::iter(0..n)
+        .map(|i| {
+            let api = api.clone();
+            async move { apply(&api, &format!("bench-fleet-{i}")).await }
+        })
+        .buffer_unordered(16)
+        .try_collect::<Vec<_>>()
+        .await?;
+    let deadline = Instant::now() + Duration::from_secs(900);
+    loop {
+        let list = api
+            .list(&ListParams::default().labels("consorzio.io/bench=true"))
+            .await?;
+        let ready = list.iter().filter(|m| is_ready(m)).count();
+        if ready >= n {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("only {ready} of {n} comuni Ready after 15 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let converged = start.elapsed();
+    // Let the quota controller's status updates settle, then read the memory.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (rss, peak) = operator.memory_kib()?;
+    let writes: f64 = operator
+        .metrics()
+        .await?
+        .lines()
+        .filter(|l| l.starts_with("consorzio_api_writes_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    println!(
+        "{n} comuni applied and Ready in {:.1} s; {writes} API writes by the operator ({:.1} per comune)",
+        converged.as_secs_f64(),
+        writes / n as f64
+    );
+    println!(
+        "operator memory with {n} comuni: RSS {:.1} MiB, peak RSS {:.1} MiB",
+        rss as f64 / 1024.0,
+        peak as f64 / 1024.0
+    );
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let cluster = Cluster::get();
+    let client = cluster
+        .client()
+        .await
+        .context("connecting to the local cluster")?;
+    install_crds(&client).await?;
+    let api = Api::<Municipality>::all(client.clone());
+    let mut operator = OperatorProcess::start(&cluster)?;
+    operator.wait_ready().await?;
+    // Leftovers of an interrupted run first.
+    clean_up(&api).await?;
+    let result = match cli.command {
+        Command::Onboarding { municipalities } => onboarding(client.clone(), municipalities).await,
+        Command::Memory { municipalities } => {
+            memory(client.clone(), &operator, municipalities).await
+        }
+    };
+    let cleaned = clean_up(&api).await;
+    operator.stop();
+    result?;
+    cleaned?;
+    Ok(())
+}
