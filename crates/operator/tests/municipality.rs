@@ -19,7 +19,7 @@ use kube::{
     api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
 };
 use serde_json::json;
-use support::{Operator, apply, comune, exclusive, remove, wait_ready};
+use support::{Operator, apply, comune, exclusive, onboard, remove, wait_ready};
 
 fn api_error(result: Result<impl std::fmt::Debug, kube::Error>) -> anyhow::Result<(u16, String)> {
     match result {
@@ -240,10 +240,7 @@ async fn drift_is_repaired_within_seconds() {
     run(|env: Env| async move {
         let op = Operator::start(&env).await?;
         let m = comune();
-        let name = m.name_any();
-        let ns = format!("comune-{name}");
-        apply(&env, &m).await?;
-        wait_ready(&env, &name, "True").await?;
+        let (name, ns) = onboard(&env, &m).await?;
 
         let policies = env.api::<NetworkPolicy>(&ns);
         policies.delete("consorzio-default-deny", &DeleteParams::default()).await?;
@@ -406,10 +403,7 @@ async fn retain_keeps_the_namespace_and_reapplying_adopts_it() {
     run(|env: Env| async move {
         let op = Operator::start(&env).await?;
         let m = comune();
-        let name = m.name_any();
-        let ns = format!("comune-{name}");
-        apply(&env, &m).await?;
-        wait_ready(&env, &name, "True").await?;
+        let (name, ns) = onboard(&env, &m).await?;
         let data: ConfigMap = serde_json::from_value(
             json!({"metadata": {"name": "protocollo"}, "data": {"n": "42"}}),
         )?;
@@ -476,10 +470,7 @@ async fn delete_policy_removes_the_namespace_before_letting_go() {
         let op = Operator::start(&env).await?;
         let mut m = comune();
         m.spec.deletion_policy = DeletionPolicy::Delete;
-        let name = m.name_any();
-        let ns = format!("comune-{name}");
-        apply(&env, &m).await?;
-        wait_ready(&env, &name, "True").await?;
+        let (name, ns) = onboard(&env, &m).await?;
 
         let municipalities = Api::<consorzio_api::Municipality>::all(env.client());
         municipalities

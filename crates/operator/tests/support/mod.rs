@@ -170,3 +170,11 @@ pub async fn remove(env: &Env, name: &str) -> anyhow::Result<()> {
     api.delete(name, &Default::default()).await?;
     wait_gone(&api, name, TIMEOUT).await
 }
+
+/// Applies a Municipality and waits until it is Ready; returns its name and namespace.
+pub async fn onboard(env: &Env, m: &Municipality) -> anyhow::Result<(String, String)> {
+    apply(env, m).await?;
+    let name = m.name_any();
+    wait_ready(env, &name, "True").await?;
+    Ok((name.clone(), format!("comune-{name}")))
+}
