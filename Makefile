@@ -28,7 +28,7 @@ run: cluster-up
 	  echo "  kubectl get all,quota,netpol,rolebinding -n comune-lugano" && \
 	  echo "  curl -s http://$(METRICS_ADDR)/metrics | grep ^consorzio_" && \
 	  echo && \
-	  exec target/debug/consorzio run --metrics-addr $(METRICS_ADDR)
+	  exec target/debug/consorzio run --metrics-addr $(METRICS_ADDR) --pod-toleration kwok.x-k8s.io/node:NoSchedule
 
 test: cluster-up
 	cargo test --workspace --all-targets --no-fail-fast -- --test-threads=$(TEST_THREADS)

@@ -216,6 +216,21 @@ EOF
   mv "$dir/kubeconfig.tmp" "$dir/kubeconfig"
 }
 
+# The default StorageClass, whose volumes kwok provisions (see kwok.yaml).
+register_storage_class() {
+  "$kubectl" apply -f - >/dev/null <<EOF
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata:
+  name: kwok-volume
+  annotations:
+    storageclass.kubernetes.io/is-default-class: "true"
+provisioner: kwok.x-k8s.io/volume
+reclaimPolicy: Delete
+volumeBindingMode: Immediate
+EOF
+}
+
 register_fake_nodes() {
   local n="$1" i
   for ((i = 0; i < n; i++)); do

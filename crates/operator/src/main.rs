@@ -19,9 +19,10 @@ use consorzio::{
     server::{self, Health},
     telemetry::{self, LogFormat},
 };
-use consorzio_api::Municipality;
+use consorzio_api::{Municipality, SharedService};
 use futures::FutureExt;
-use kube::{Api, Client, api::ListParams};
+use k8s_openapi::api::core::v1::Toleration;
+use kube::{Api, Client, ResourceExt, api::ListParams};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -60,6 +61,14 @@ struct Settings {
     /// How many objects each controller reconciles at once.
     #[arg(long, env = "CONSORZIO_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
     concurrency: u16,
+    /// Toleration for every application pod, as key[=value]:Effect (repeatable), e.g.
+    /// kwok.x-k8s.io/node:NoSchedule.
+    #[arg(
+        long = "pod-toleration",
+        env = "CONSORZIO_POD_TOLERATIONS",
+        value_delimiter = ','
+    )]
+    pod_tolerations: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -116,8 +125,38 @@ impl Settings {
             namespace_prefix: prefix.clone(),
             ingress_namespace_labels: labels,
             concurrency: self.concurrency,
+            pod_tolerations: self
+                .pod_tolerations
+                .iter()
+                .map(|t| toleration(t))
+                .collect::<anyhow::Result<_>>()?,
         })
     }
+}
+
+/// Reads `key[=value]:Effect`.
+fn toleration(text: &str) -> anyhow::Result<Toleration> {
+    let Some((key_value, effect)) = text.rsplit_once(':') else {
+        bail!(
+            "--pod-toleration {text:?}: expected key[=value]:Effect, e.g. dedicated=apps:NoSchedule"
+        );
+    };
+    if !["NoSchedule", "PreferNoSchedule", "NoExecute"].contains(&effect) {
+        bail!(
+            "--pod-toleration {text:?}: effect must be NoSchedule, PreferNoSchedule or NoExecute"
+        );
+    }
+    let (key, value) = match key_value.split_once('=') {
+        Some((k, v)) => (k, Some(v.to_string())),
+        None => (key_value, None),
+    };
+    Ok(Toleration {
+        key: Some(key.to_string()),
+        operator: Some(if value.is_some() { "Equal" } else { "Exists" }.into()),
+        value,
+        effect: Some(effect.to_string()),
+        toleration_seconds: None,
+    })
 }
 
 fn main() -> anyhow::Result<()> {
@@ -141,8 +180,23 @@ fn main() -> anyhow::Result<()> {
 
 fn render_files(args: &RenderArgs) -> anyhow::Result<()> {
     let config = args.settings.config()?;
-    let mut out = String::new();
-    for file in &args.files {
+    let (mut municipalities, mut services) = (vec![], vec![]);
+    let mut files = vec![];
+    for path in &args.files {
+        if path.is_dir() {
+            // Like kubectl -f DIR: every .yaml and .yml file in it, in name order.
+            let mut inside: Vec<PathBuf> = std::fs::read_dir(path)
+                .with_context(|| format!("reading {}", path.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+                .collect();
+            inside.sort();
+            files.extend(inside);
+        } else {
+            files.push(path.clone());
+        }
+    }
+    for file in &files {
         let text = if file.as_os_str() == "-" {
             let mut text = String::new();
             std::io::stdin().read_to_string(&mut text)?;
@@ -158,20 +212,40 @@ fn render_files(args: &RenderArgs) -> anyhow::Result<()> {
                 continue;
             }
             match value["kind"].as_str() {
-                Some("Municipality") => {
-                    let m: Municipality = serde_json::from_value(value)
-                        .with_context(|| format!("{where_}: not a valid Municipality"))?;
-                    for rendered in render::render_municipality(&m, &config)? {
-                        out.push_str("---\n# ");
-                        out.push_str(&rendered.describe());
-                        out.push('\n');
-                        out.push_str(&serde_yaml::to_string(&rendered.object)?);
-                    }
-                }
-                Some("SharedService") => {}
+                Some("Municipality") => municipalities.push(
+                    serde_json::from_value::<Municipality>(value)
+                        .with_context(|| format!("{where_}: not a valid Municipality"))?,
+                ),
+                Some("SharedService") => services.push(
+                    serde_json::from_value::<SharedService>(value)
+                        .with_context(|| format!("{where_}: not a valid SharedService"))?,
+                ),
                 other => bail!("{where_}: kind {other:?} is not Municipality or SharedService"),
             }
         }
+    }
+    let mut rendered = vec![];
+    for m in &municipalities {
+        rendered.extend(render::render_municipality(m, &config)?);
+    }
+    for s in &services {
+        if !render::service::is_dedicated(s) {
+            eprintln!("# {}: Shared tenancy is not rendered yet", s.name_any());
+            continue;
+        }
+        for m in municipalities
+            .iter()
+            .filter(|m| render::service::selects(s, m))
+        {
+            rendered.extend(render::service::render_dedicated(s, m, &config)?);
+        }
+    }
+    let mut out = String::new();
+    for r in rendered {
+        out.push_str("---\n# ");
+        out.push_str(&r.describe());
+        out.push('\n');
+        out.push_str(&serde_yaml::to_string(&r.object)?);
     }
     std::io::stdout().lock().write_all(out.as_bytes())?;
     Ok(())

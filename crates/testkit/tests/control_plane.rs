@@ -265,3 +265,27 @@ fn unique_names_are_dns_labels_and_differ() {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
     );
 }
+
+#[tokio::test]
+async fn volume_claim_of_the_default_storage_class_is_bound() {
+    run(|env: Env| async move {
+        let ns = env.namespace("pvc").await?;
+        let claims: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> = env.api(&ns);
+        claims
+            .create(
+                &PostParams::default(),
+                &from_json(json!({
+                    "metadata": {"name": "data"},
+                    "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
+                })),
+            )
+            .await?;
+        wait_for("the claim to be Bound", TIMEOUT, || async {
+            let phase = claims.get("data").await?.status.and_then(|s| s.phase).unwrap_or_default();
+            ensure!(phase == "Bound", "phase {phase:?}");
+            Ok(())
+        })
+        .await
+    })
+    .await;
+}

@@ -3,6 +3,8 @@
 
 pub mod municipality;
 mod network;
+pub mod service;
+pub mod template;
 
 use std::collections::BTreeMap;
 
@@ -33,6 +35,9 @@ pub struct Config {
     /// How many objects each controller reconciles at once. Bounds the requests in flight, and
     /// so the operator's memory and its load on the API server.
     pub concurrency: u16,
+    /// Tolerations given to every application pod the operator creates (e.g. for a dedicated
+    /// node pool).
+    pub pod_tolerations: Vec<k8s_openapi::api::core::v1::Toleration>,
 }
 
 impl Default for Config {
@@ -44,6 +49,7 @@ impl Default for Config {
                 "ingress-nginx".into(),
             )]),
             concurrency: 16,
+            pod_tolerations: vec![],
         }
     }
 }
