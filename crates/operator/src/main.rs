@@ -300,12 +300,18 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     tracing::info!(addr = %args.metrics_addr, "serving /metrics, /healthz and /readyz");
 
     wait_for_crds(&client).await;
-    let (ctx, triggers) = Context::start(client, config, metrics).await?;
+    let (ctx, triggers, events) = Context::start(client, config, metrics).await?;
     ready.store(true, std::sync::atomic::Ordering::Relaxed);
     tracing::info!("caches filled; reconciling");
-    let municipalities = controller::run_municipalities(ctx, triggers, shutdown.clone());
+    let municipalities = controller::run_municipalities(
+        ctx.clone(),
+        events,
+        triggers.municipalities,
+        shutdown.clone(),
+    );
+    let services = controller::run_services(ctx, triggers.services, shutdown.clone());
     tokio::select! {
-        () = municipalities => {}
+        _ = futures::future::join(municipalities, services) => {}
         result = server => result??,
     }
     Ok(())

@@ -1,76 +1,255 @@
-//! A Dedicated service's rendered instance is admitted in a comune's namespace (Pod Security
-//! `restricted`, the comune's quota and limits) and becomes Available on the fake nodes.
+//! Dedicated SharedServices: one instance per selected comune, run by the operator against the
+//! local control plane (pods on kwok's fake nodes, Pod Security `restricted`, the comune's quota).
 
 mod support;
 
-use anyhow::ensure;
-use consorzio::render::{Config, service::render_dedicated};
-use consorzio_api::SharedService;
-use consorzio_testkit::{Env, TIMEOUT, example_manifests, run, wait_for};
-use k8s_openapi::api::{apps::v1::Deployment, core::v1::Toleration};
+use std::time::Duration;
+
+use anyhow::{Context as _, ensure};
+use consorzio_api::{SharedService, SharedServiceStatus};
+use consorzio_testkit::{Env, TIMEOUT, example_manifests, run, unique_name, wait_for, wait_gone};
+use k8s_openapi::api::{
+    apps::v1::Deployment,
+    core::v1::{PersistentVolumeClaim, Secret},
+};
 use kube::{
     Api, ResourceExt,
-    api::{DynamicObject, Patch, PatchParams},
+    api::{Patch, PatchParams},
 };
+use serde_json::json;
 use support::{Operator, comune, exclusive, onboard, remove};
 
+/// The catalogue's website, renamed and offered to the comuni of `union`.
+fn website(union: &str) -> anyhow::Result<SharedService> {
+    let mut value = example_manifests()?
+        .into_iter()
+        .find(|v| v["metadata"]["name"] == "sito-comunale")
+        .context("sito-comunale in the catalogue")?;
+    value["metadata"] = json!({"name": unique_name("sito")});
+    value["spec"]["municipalities"] =
+        json!({"selector": {"matchLabels": {"consorzio.io/union": union}}});
+    Ok(serde_json::from_value(value)?)
+}
+
+async fn apply_service(env: &Env, s: &SharedService) -> anyhow::Result<()> {
+    let api = Api::<SharedService>::all(env.client());
+    let mut body = serde_json::to_value(s)?;
+    body["metadata"] = json!({"name": s.name_any()});
+    body.as_object_mut().context("object")?.remove("status");
+    let applied = api
+        .patch(
+            &s.name_any(),
+            &PatchParams::apply("consorzio-tests").force(),
+            &Patch::Apply(&body),
+        )
+        .await?;
+    env.delete_later(&applied);
+    Ok(())
+}
+
+async fn wait_status(
+    env: &Env,
+    name: &str,
+    what: &str,
+    check: impl Fn(&SharedServiceStatus) -> bool,
+) -> anyhow::Result<SharedServiceStatus> {
+    let api = Api::<SharedService>::all(env.client());
+    wait_for(
+        &format!("SharedService {name}: {what}"),
+        TIMEOUT,
+        || async {
+            let status = api.get(name).await?.status.unwrap_or_default();
+            ensure!(check(&status), "{}", serde_json::to_string(&status)?);
+            Ok(status)
+        },
+    )
+    .await
+}
+
+async fn remove_service(env: &Env, name: &str) -> anyhow::Result<()> {
+    let api = Api::<SharedService>::all(env.client());
+    api.delete(name, &Default::default()).await?;
+    wait_gone(&api, name, TIMEOUT).await
+}
+
 #[tokio::test]
-async fn every_dedicated_example_service_runs_in_a_restricted_comune() {
+async fn dedicated_service_runs_in_every_selected_comune_and_leaving_keeps_the_volume() {
     let _one = exclusive().await;
     run(|env: Env| async move {
         let op = Operator::start(&env).await?;
-        let mut m = comune();
-        // Nextcloud asks 100Gi and the website 5Gi: more than the default quota of 100Gi (the
-        // quota's refusal of the opposite is what the SharedService status must report).
-        m.spec.quota.storage =
-            k8s_openapi::apimachinery::pkg::api::resource::Quantity("200Gi".into());
-        let (name, ns) = onboard(&env, &m).await?;
-        let config = Config {
-            pod_tolerations: vec![Toleration {
-                key: Some("kwok.x-k8s.io/node".into()),
-                operator: Some("Exists".into()),
-                effect: Some("NoSchedule".into()),
-                ..Default::default()
-            }],
-            ..Config::default()
+        let union = unique_name("u");
+        let (mut a, mut b) = (comune(), comune());
+        a.spec.union = Some(union.clone());
+        b.spec.union = Some(union.clone());
+        let (a_name, a_ns) = onboard(&env, &a).await?;
+        let (b_name, b_ns) = onboard(&env, &b).await?;
+        let s = website(&union)?;
+        let name = s.name_any();
+        apply_service(&env, &s).await?;
+
+        wait_status(&env, &name, "2 of 2 instances Ready", |st| {
+            st.desired_instances == 2
+                && st.ready_instances == 2
+                && st
+                    .conditions
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True")
+        })
+        .await?;
+        for ns in [&a_ns, &b_ns] {
+            let d = env.api::<Deployment>(ns).get(&name).await?;
+            assert_eq!(d.status.and_then(|s| s.available_replicas), Some(1), "{ns}");
+        }
+        let secret = env
+            .api::<Secret>(&a_ns)
+            .get(&format!("{name}-credentials"))
+            .await?;
+
+        // The generated Secret survives an operator restart unchanged.
+        op.stop().await;
+        let op = Operator::start(&env).await?;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let again = env
+            .api::<Secret>(&a_ns)
+            .get(&format!("{name}-credentials"))
+            .await?;
+        assert_eq!(again.data, secret.data);
+        assert_eq!(again.metadata.uid, secret.metadata.uid);
+
+        // Comune b leaves the union: its instance goes, its volume stays, labelled orphaned.
+        b.spec.union = Some(unique_name("other"));
+        support::apply(&env, &b).await?;
+        wait_status(&env, &name, "1 instance", |st| {
+            st.desired_instances == 1 && st.ready_instances == 1
+        })
+        .await?;
+        wait_gone(&env.api::<Deployment>(&b_ns), &name, TIMEOUT).await?;
+        let claim = env
+            .api::<PersistentVolumeClaim>(&b_ns)
+            .get(&format!("{name}-data"))
+            .await?;
+        assert_eq!(
+            claim
+                .labels()
+                .get("consorzio.io/orphaned")
+                .map(String::as_str),
+            Some("true")
+        );
+
+        remove_service(&env, &name).await?;
+        wait_gone(&env.api::<Deployment>(&a_ns), &name, TIMEOUT).await?;
+        env.api::<PersistentVolumeClaim>(&a_ns)
+            .get(&format!("{name}-data"))
+            .await?;
+        remove(&env, &a_name).await?;
+        remove(&env, &b_name).await?;
+        op.stop().await;
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn invalid_template_changes_nothing_and_a_stalled_rollout_halts() {
+    let _one = exclusive().await;
+    run(|env: Env| async move {
+        let op = Operator::start(&env).await?;
+        let union = unique_name("u");
+        let mut comuni = vec![];
+        for _ in 0..3 {
+            let mut m = comune();
+            m.spec.union = Some(union.clone());
+            comuni.push(onboard(&env, &m).await?);
+        }
+        let mut s = website(&union)?;
+        s.spec.rollout.max_unavailable =
+            k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(1);
+        s.spec.rollout.progress_deadline_seconds = 10;
+        let name = s.name_any();
+        apply_service(&env, &s).await?;
+        wait_status(&env, &name, "3 Ready", |st| st.ready_instances == 3).await?;
+        let versions = || async {
+            let mut all = vec![];
+            for (_, ns) in &comuni {
+                all.push(
+                    env.api::<Deployment>(ns)
+                        .get(&name)
+                        .await?
+                        .resource_version(),
+                );
+            }
+            anyhow::Ok(all)
         };
-        let dedicated: Vec<SharedService> = example_manifests()?
-            .into_iter()
-            .filter(|v| v["kind"] == "SharedService" && v["spec"]["tenancy"] == "Dedicated")
-            .map(serde_json::from_value)
-            .collect::<Result<_, _>>()?;
-        ensure!(dedicated.len() >= 2, "the catalogue has Dedicated services");
-        for service in &dedicated {
-            // The test comune is Italian with a union: every example placeholder has a value.
-            for obj in render_dedicated(service, &m, &config)? {
-                let api: Api<DynamicObject> =
-                    Api::namespaced_with(env.client(), &ns, &obj.resource);
-                api.patch(
-                    &obj.object.name_any(),
-                    &PatchParams::apply("consorzio-tests").force(),
-                    &Patch::Apply(&obj.object),
-                )
-                .await
-                .map_err(|e| anyhow::anyhow!("{} refused: {e}", obj.describe()))?;
+        let before = versions().await?;
+
+        // A placeholder these Italian comuni cannot fill: InvalidTemplate, nothing touched.
+        s.spec.template.env.push(consorzio_api::EnvVar {
+            name: "CANTON".into(),
+            value: "{{ municipality.canton }}".into(),
+        });
+        apply_service(&env, &s).await?;
+        let status = wait_status(&env, &name, "InvalidTemplate", |st| {
+            st.conditions.iter().any(|c| c.reason == "InvalidTemplate")
+        })
+        .await?;
+        let message = &status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Ready")
+            .context("Ready")?
+            .message;
+        assert!(
+            message.contains("{{ municipality.canton }} has no value"),
+            "{message}"
+        );
+        assert_eq!(
+            versions().await?,
+            before,
+            "an invalid template changed instances"
+        );
+
+        // An image that never becomes ready: the first wave (1 comune) stalls, the rollout halts
+        // and the other comuni keep the old version.
+        s.spec.template.env.pop();
+        s.spec.template.image = "docker.io/library/wordpress:never-ready".into();
+        apply_service(&env, &s).await?;
+        let status = wait_status(&env, &name, "RolloutHalted", |st| {
+            st.conditions
+                .iter()
+                .any(|c| c.type_ == "RolloutHalted" && c.status == "True")
+        })
+        .await?;
+        assert_eq!(
+            status.rollout.as_ref().map(|r| r.updated),
+            Some(1),
+            "only one wave started"
+        );
+        let mut old = 0;
+        for (_, ns) in &comuni {
+            let d = env.api::<Deployment>(ns).get(&name).await?;
+            let image = d
+                .spec
+                .and_then(|s| s.template.spec)
+                .map(|p| p.containers[0].image.clone().unwrap_or_default())
+                .unwrap_or_default();
+            if image.ends_with("6.6.2-apache") {
+                old += 1;
             }
         }
-        let deployments = env.api::<Deployment>(&ns);
-        for service in &dedicated {
-            let what = format!("{} to be Available in {ns}", service.name_any());
-            wait_for(&what, TIMEOUT, || async {
-                let d = deployments.get(&service.name_any()).await?;
-                let status = d.status.unwrap_or_default();
-                let wanted = d.spec.and_then(|s| s.replicas).unwrap_or(1);
-                ensure!(
-                    status.available_replicas.unwrap_or(0) == wanted,
-                    "{:?}",
-                    status.conditions
-                );
-                Ok(())
-            })
-            .await?;
+        assert_eq!(old, 2, "the halted rollout went on");
+
+        // Fixing the template resumes it.
+        s.spec.template.image = "docker.io/library/wordpress:6.7.1-apache".into();
+        apply_service(&env, &s).await?;
+        wait_status(&env, &name, "all on the fixed version", |st| {
+            st.ready_instances == 3 && st.rollout.as_ref().is_some_and(|r| r.updated == 3)
+        })
+        .await?;
+
+        remove_service(&env, &name).await?;
+        for (m, _) in &comuni {
+            remove(&env, m).await?;
         }
-        remove(&env, &name).await?;
         op.stop().await;
         Ok(())
     })

@@ -3,6 +3,7 @@
 mod apply;
 mod error;
 mod municipality;
+mod service;
 mod status;
 
 use std::{
@@ -14,12 +15,16 @@ use std::{
 
 use futures::{StreamExt, channel::mpsc};
 use k8s_openapi::api::{
-    core::v1::{LimitRange, Namespace, ResourceQuota},
-    networking::v1::NetworkPolicy,
+    apps::v1::Deployment,
+    core::v1::{
+        ConfigMap, LimitRange, Namespace, PersistentVolumeClaim, ResourceQuota, Secret, Service,
+    },
+    networking::v1::{Ingress, NetworkPolicy},
     rbac::v1::RoleBinding,
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
+    core::{DeserializeGuard, PartialObjectMeta},
     runtime::{
         WatchStreamExt,
         events::{Recorder, Reporter},
@@ -35,9 +40,9 @@ pub use error::Error;
 
 use crate::{
     metrics::Metrics,
-    render::{Config, MANAGED_BY, MUNICIPALITY_LABEL, Rendered},
+    render::{Config, MANAGED_BY, MUNICIPALITY_LABEL, Rendered, service::SERVICE_LABEL},
 };
-use consorzio_api::Municipality;
+use consorzio_api::{Municipality, SharedService};
 
 /// What every reconcile needs.
 pub struct Context {
@@ -75,6 +80,20 @@ pub struct Stores {
     pub network_policies: Store<NetworkPolicy>,
     /// Role bindings.
     pub role_bindings: Store<RoleBinding>,
+    /// Application Deployments.
+    pub deployments: Store<Deployment>,
+    /// Application Services.
+    pub services: Store<Service>,
+    /// Application Ingresses.
+    pub ingresses: Store<Ingress>,
+    /// Application volume claims.
+    pub volume_claims: Store<PersistentVolumeClaim>,
+    /// Application settings.
+    pub config_maps: Store<ConfigMap>,
+    /// Generated credentials: names only, never their data.
+    pub secrets: Store<PartialObjectMeta<Secret>>,
+    /// Every Municipality, as its controller sees it.
+    pub municipalities: Store<DeserializeGuard<Municipality>>,
 }
 
 fn cached_value<K: Resource<DynamicType = ()> + Clone + serde::Serialize>(
@@ -103,6 +122,11 @@ impl Stores {
             "LimitRange" => cached_value(&self.limit_ranges, &name, ns),
             "NetworkPolicy" => cached_value(&self.network_policies, &name, ns),
             "RoleBinding" => cached_value(&self.role_bindings, &name, ns),
+            "Deployment" => cached_value(&self.deployments, &name, ns),
+            "Service" => cached_value(&self.services, &name, ns),
+            "Ingress" => cached_value(&self.ingresses, &name, ns),
+            "PersistentVolumeClaim" => cached_value(&self.volume_claims, &name, ns),
+            "ConfigMap" => cached_value(&self.config_maps, &name, ns),
             _ => None,
         }
     }
@@ -112,41 +136,92 @@ impl Stores {
         self.quotas.wait_until_ready().await?;
         self.limit_ranges.wait_until_ready().await?;
         self.network_policies.wait_until_ready().await?;
-        self.role_bindings.wait_until_ready().await
+        self.role_bindings.wait_until_ready().await?;
+        self.deployments.wait_until_ready().await?;
+        self.services.wait_until_ready().await?;
+        self.ingresses.wait_until_ready().await?;
+        self.volume_claims.wait_until_ready().await?;
+        self.config_maps.wait_until_ready().await?;
+        self.secrets.wait_until_ready().await
     }
 }
 
-/// Starts a cache of the managed objects of kind `K`. Every change to one of them asks for a
-/// reconcile of the Municipality it belongs to, through `trigger`.
-fn watch_managed<K>(
-    client: &Client,
-    trigger: mpsc::UnboundedSender<ObjectRef<Municipality>>,
-) -> Store<K>
+/// Where changes of managed objects are sent: to the Municipality or SharedService they belong to.
+#[derive(Clone)]
+struct Senders {
+    municipalities: mpsc::UnboundedSender<ObjectRef<Municipality>>,
+    services: mpsc::UnboundedSender<ObjectRef<SharedService>>,
+}
+
+impl Senders {
+    fn notify(&self, labels: &std::collections::BTreeMap<String, String>) {
+        if let Some(service) = labels.get(SERVICE_LABEL) {
+            let _ = self.services.unbounded_send(ObjectRef::new(service));
+        } else if let Some(owner) = labels.get(MUNICIPALITY_LABEL) {
+            let _ = self.municipalities.unbounded_send(ObjectRef::new(owner));
+        }
+    }
+}
+
+/// What the controllers are asked to reconcile, beyond changes of their own objects.
+#[derive(Debug)]
+pub struct Triggers {
+    /// Municipalities whose managed objects changed.
+    pub municipalities: mpsc::UnboundedReceiver<ObjectRef<Municipality>>,
+    /// SharedServices whose instances changed.
+    pub services: mpsc::UnboundedReceiver<ObjectRef<SharedService>>,
+}
+
+fn managed() -> watcher::Config {
+    watcher::Config::default().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1))
+}
+
+/// Drives a watch stream in its own task, telling `senders` about every object it sees.
+fn drive<K, S>(stream: S, senders: Senders)
 where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K: Resource<DynamicType = ()> + Send + 'static,
+    S: futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
 {
-    let (reader, writer) = reflector::store();
-    let config = watcher::Config::default().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1));
-    let stream = watcher(Api::<K>::all(client.clone()), config)
-        .default_backoff()
-        .modify(|obj| obj.managed_fields_mut().clear())
-        .reflect(writer)
-        .touched_objects();
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         while let Some(event) = stream.next().await {
             match event {
-                Ok(obj) => {
-                    if let Some(owner) = obj.labels().get(MUNICIPALITY_LABEL) {
-                        let _ = trigger.unbounded_send(ObjectRef::new(owner));
-                    }
-                }
+                Ok(obj) => senders.notify(obj.labels()),
                 Err(error) => {
                     tracing::warn!(kind = %K::kind(&()), %error, "watch failed, retrying")
                 }
             }
         }
     });
+}
+
+/// Starts a cache of the managed objects of kind `K`.
+fn watch_managed<K>(client: &Client, senders: &Senders) -> Store<K>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let stream = watcher(Api::<K>::all(client.clone()), managed())
+        .default_backoff()
+        .modify(|obj| obj.managed_fields_mut().clear())
+        .reflect(writer)
+        .touched_objects();
+    drive(stream, senders.clone());
+    reader
+}
+
+/// Starts a cache of the metadata only of the managed objects of kind `K`.
+fn watch_managed_metadata<K>(client: &Client, senders: &Senders) -> Store<PartialObjectMeta<K>>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let stream = watcher(Api::<PartialObjectMeta<K>>::all(client.clone()), managed())
+        .default_backoff()
+        .modify(|obj| obj.managed_fields_mut().clear())
+        .reflect(writer)
+        .touched_objects();
+    drive(stream, senders.clone());
     reader
 }
 
@@ -157,17 +232,27 @@ impl Context {
         client: Client,
         config: Config,
         metrics: Arc<Metrics>,
-    ) -> anyhow::Result<(
-        Arc<Context>,
-        mpsc::UnboundedReceiver<ObjectRef<Municipality>>,
-    )> {
-        let (trigger, triggered) = mpsc::unbounded();
+    ) -> anyhow::Result<(Arc<Context>, Triggers, municipality::Events)> {
+        let (municipalities, municipalities_rx) = mpsc::unbounded();
+        let (services, services_rx) = mpsc::unbounded();
+        let senders = Senders {
+            municipalities,
+            services,
+        };
+        let (municipality_store, municipality_events) = municipality::watch(&client);
         let stores = Stores {
-            namespaces: watch_managed(&client, trigger.clone()),
-            quotas: watch_managed(&client, trigger.clone()),
-            limit_ranges: watch_managed(&client, trigger.clone()),
-            network_policies: watch_managed(&client, trigger.clone()),
-            role_bindings: watch_managed(&client, trigger),
+            namespaces: watch_managed(&client, &senders),
+            quotas: watch_managed(&client, &senders),
+            limit_ranges: watch_managed(&client, &senders),
+            network_policies: watch_managed(&client, &senders),
+            role_bindings: watch_managed(&client, &senders),
+            deployments: watch_managed(&client, &senders),
+            services: watch_managed(&client, &senders),
+            ingresses: watch_managed(&client, &senders),
+            volume_claims: watch_managed(&client, &senders),
+            config_maps: watch_managed(&client, &senders),
+            secrets: watch_managed_metadata(&client, &senders),
+            municipalities: municipality_store,
         };
         stores.wait_until_ready().await?;
         let reporter = Reporter {
@@ -183,7 +268,11 @@ impl Context {
             recorder,
             failures: Mutex::default(),
         };
-        Ok((Arc::new(ctx), triggered))
+        let triggers = Triggers {
+            municipalities: municipalities_rx,
+            services: services_rx,
+        };
+        Ok((Arc::new(ctx), triggers, municipality_events))
     }
 
     /// How long to wait before retrying an object that failed `n` times in a row: 1 s, doubling,
@@ -205,3 +294,4 @@ impl Context {
 }
 
 pub use municipality::run as run_municipalities;
+pub use service::run as run_services;

@@ -40,22 +40,33 @@ pub const FINALIZER: &str = "consorzio.io/namespace";
 /// How often a comune is checked even when nothing changed.
 const RESYNC: Duration = Duration::from_secs(30 * 60);
 
-/// Runs the Municipality controller until `shutdown` completes.
-pub async fn run(
-    ctx: Arc<Context>,
-    triggers: impl Stream<Item = ObjectRef<Municipality>> + Send + 'static,
-    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
-) {
-    let api = Api::<DeserializeGuard<Municipality>>::all(ctx.client.clone());
-    let triggers = triggers.map(|r: ObjectRef<Municipality>| ObjectRef::new(&r.name));
-    // The cache keeps Municipalities without their managedFields: a good part of each object.
+/// The Municipality watch, feeding its controller.
+pub type Events =
+    futures::stream::BoxStream<'static, Result<DeserializeGuard<Municipality>, watcher::Error>>;
+
+/// Starts the cache of Municipalities, kept without their managedFields (a good part of each
+/// object). The events go to [`run`]; the cache is shared with the SharedService controller.
+pub fn watch(client: &kube::Client) -> (reflector::Store<DeserializeGuard<Municipality>>, Events) {
+    let api = Api::<DeserializeGuard<Municipality>>::all(client.clone());
     let (reader, writer) = reflector::store();
-    let municipalities = watcher(api, watcher::Config::default())
+    let events = watcher(api, watcher::Config::default())
         .default_backoff()
         .modify(|m| m.managed_fields_mut().clear())
         .reflect(writer)
-        .applied_objects();
-    Controller::for_stream(municipalities, reader)
+        .applied_objects()
+        .boxed();
+    (reader, events)
+}
+
+/// Runs the Municipality controller until `shutdown` completes.
+pub async fn run(
+    ctx: Arc<Context>,
+    events: Events,
+    triggers: impl Stream<Item = ObjectRef<Municipality>> + Send + 'static,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let triggers = triggers.map(|r: ObjectRef<Municipality>| ObjectRef::new(&r.name));
+    Controller::for_stream(events, ctx.stores.municipalities.clone())
         .with_config(controller::Config::default().concurrency(ctx.config.concurrency))
         .reconcile_on(triggers)
         .graceful_shutdown_on(shutdown)

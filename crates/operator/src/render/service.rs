@@ -228,6 +228,7 @@ pub fn render_dedicated(
         },
         spec: Some(DeploymentSpec {
             replicas: Some(replicas),
+            progress_deadline_seconds: Some(s.spec.rollout.progress_deadline_seconds),
             selector: LabelSelector {
                 match_labels: Some(BTreeMap::from([
                     (SERVICE_LABEL.to_string(), name.clone()),

@@ -37,12 +37,30 @@ impl Operator {
         install_crds(&env.client()).await?;
         install_tenant_roles(env).await?;
         let metrics = Arc::new(Metrics::default());
-        let (ctx, triggers) =
-            Context::start(env.client(), Config::default(), metrics.clone()).await?;
+        let config = Config {
+            pod_tolerations: vec![k8s_openapi::api::core::v1::Toleration {
+                key: Some("kwok.x-k8s.io/node".into()),
+                operator: Some("Exists".into()),
+                effect: Some("NoSchedule".into()),
+                ..Default::default()
+            }],
+            ..Config::default()
+        };
+        let (ctx, triggers, events) = Context::start(env.client(), config, metrics.clone()).await?;
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(controller::run_municipalities(ctx, triggers, async {
+        let stopped = futures::FutureExt::shared(async {
             let _ = stopped.await;
-        }));
+        });
+        let municipalities = controller::run_municipalities(
+            ctx.clone(),
+            events,
+            triggers.municipalities,
+            stopped.clone(),
+        );
+        let services = controller::run_services(ctx, triggers.services, stopped);
+        let task = tokio::spawn(async move {
+            futures::future::join(municipalities, services).await;
+        });
         Ok(Operator {
             metrics,
             stop: Some(stop),
