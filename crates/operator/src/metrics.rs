@@ -57,6 +57,17 @@ struct QuotaLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServiceStateLabels {
+    service: String,
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServiceLabels {
+    service: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabels {
     kind: String,
 }
@@ -73,6 +84,8 @@ pub struct Metrics {
     ready: Family<MunicipalityLabels, Gauge>,
     quota: Family<QuotaLabels, Gauge<f64, AtomicU64>>,
     writes: Family<KindLabels, Counter>,
+    service_instances: Family<ServiceStateLabels, Gauge>,
+    rollout_progress: Family<ServiceLabels, Gauge<f64, AtomicU64>>,
     readiness: Mutex<HashMap<String, bool>>,
 }
 
@@ -90,6 +103,18 @@ impl Default for Metrics {
         let ready = Family::<MunicipalityLabels, Gauge>::default();
         let quota = Family::<QuotaLabels, Gauge<f64, AtomicU64>>::default();
         let writes = Family::<KindLabels, Counter>::default();
+        let service_instances = Family::<ServiceStateLabels, Gauge>::default();
+        let rollout_progress = Family::<ServiceLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "service_instances",
+            "Instances of a shared service by state (ready or not_ready)",
+            service_instances.clone(),
+        );
+        registry.register(
+            "rollout_progress",
+            "Share of a service's comuni on its latest template, 0 to 1",
+            rollout_progress.clone(),
+        );
         registry.register(
             "reconcile",
             "Reconciles by controller and result",
@@ -134,6 +159,8 @@ impl Default for Metrics {
             ready,
             quota,
             writes,
+            service_instances,
+            rollout_progress,
             readiness: Mutex::default(),
         }
     }
@@ -202,6 +229,44 @@ impl Metrics {
         };
         readiness.insert(municipality.to_string(), ready);
         self.count_readiness(&readiness);
+    }
+
+    /// Records a service's instances and rollout progress.
+    pub fn set_service(&self, service: &str, ready: usize, desired: usize, updated: usize) {
+        for (state, n) in [
+            ("ready", ready),
+            ("not_ready", desired.saturating_sub(ready)),
+        ] {
+            self.service_instances
+                .get_or_create(&ServiceStateLabels {
+                    service: service.into(),
+                    state,
+                })
+                .set(n as i64);
+        }
+        let progress = if desired == 0 {
+            1.0
+        } else {
+            updated as f64 / desired as f64
+        };
+        self.rollout_progress
+            .get_or_create(&ServiceLabels {
+                service: service.into(),
+            })
+            .set(progress);
+    }
+
+    /// Forgets a service that no longer exists.
+    pub fn forget_service(&self, service: &str) {
+        for state in ["ready", "not_ready"] {
+            self.service_instances.remove(&ServiceStateLabels {
+                service: service.into(),
+                state,
+            });
+        }
+        self.rollout_progress.remove(&ServiceLabels {
+            service: service.into(),
+        });
     }
 
     /// Records a comune's quota: (resource, hard, used) with values as numbers.

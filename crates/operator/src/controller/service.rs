@@ -323,6 +323,9 @@ async fn reconcile_service(s: &SharedService, ctx: &Context) -> Result<Action, E
         .await;
     }
     let done = summary.ready == comuni.len();
+    let updated = summary.rollout.as_ref().map_or(0, |r| r.updated as usize);
+    ctx.metrics
+        .set_service(&s.name_any(), summary.ready, summary.desired, updated);
     write_status(s, ctx, summary).await?;
     Ok(Action::requeue(if done {
         Duration::from_secs(30 * 60)
@@ -676,5 +679,6 @@ async fn cleanup(s: &SharedService, ctx: &Context) -> Result<Action, Error> {
     }
     prune(s, &[], ctx).await?;
     set_finalizer(s, ctx, false).await?;
+    ctx.metrics.forget_service(&s.name_any());
     Ok(Action::await_change())
 }
