@@ -105,6 +105,33 @@ async fn dedicated_service_runs_in_every_selected_comune_and_leaving_keeps_the_v
             .get(&format!("{name}-credentials"))
             .await?;
 
+        // Each comune's status lists the service.
+        let municipalities = Api::<consorzio_api::Municipality>::all(env.client());
+        wait_for(
+            "the comune's status to list the service",
+            TIMEOUT,
+            || async {
+                let services = municipalities
+                    .get(&a_name)
+                    .await?
+                    .status
+                    .map(|s| s.services)
+                    .unwrap_or_default();
+                let entry = services
+                    .iter()
+                    .find(|e| e.name == name)
+                    .context("no entry yet")?;
+                ensure!(entry.phase == "Ready", "phase {}", entry.phase);
+                ensure!(
+                    entry.url.as_deref() == Some(&format!("http://{a_name}.comuni.example.it")[..]),
+                    "url {:?}",
+                    entry.url
+                );
+                Ok(())
+            },
+        )
+        .await?;
+
         // The generated Secret survives an operator restart unchanged.
         op.stop().await;
         let op = Operator::start(&env).await?;

@@ -5,7 +5,8 @@
 use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
 use consorzio_api::{
-    Municipality, NotReady, RolloutStatus, SharedService, SharedServiceStatus, VolumeReclaimPolicy,
+    Municipality, NotReady, RolloutStatus, ServiceInstanceStatus, SharedService,
+    SharedServiceStatus, VolumeReclaimPolicy,
 };
 use futures::{Stream, StreamExt, future::try_join_all};
 use k8s_openapi::{
@@ -306,6 +307,9 @@ async fn reconcile_service(s: &SharedService, ctx: &Context) -> Result<Action, E
         ensure_credentials(s, &comuni[*i], ctx).await?;
     }
     prune(s, &comuni, ctx).await?;
+    for (m, objects) in comuni.iter().zip(&rendered) {
+        report_to_municipality(s, m, Some(objects), ctx).await?;
+    }
 
     let summary = summarize(s, &comuni, ctx, halted);
     if let Some(names) = summary.halted.as_ref().filter(|_| !was_halted(s)) {
@@ -351,6 +355,71 @@ fn was_halted(s: &SharedService) -> bool {
             .iter()
             .any(|c| c.type_ == "RolloutHalted" && c.status == "True")
     })
+}
+
+/// Keeps the comune's `status.services` entry for this service current (`objects` is `None`
+/// when the comune no longer gets it). Each service writes its own entry, under its own field
+/// manager, so entries of different services never overwrite each other.
+async fn report_to_municipality(
+    s: &SharedService,
+    m: &Municipality,
+    objects: Option<&Vec<Rendered>>,
+    ctx: &Context,
+) -> Result<(), Error> {
+    let name = s.name_any();
+    let current = m
+        .status
+        .as_ref()
+        .and_then(|st| st.services.iter().find(|e| e.name == name));
+    let wanted = objects.map(|objects| {
+        let phase = if s.spec.suspended {
+            "Suspended"
+        } else {
+            match instance_state(s, m, ctx) {
+                InstanceState::Available => "Ready",
+                InstanceState::Missing => "Pending",
+                InstanceState::Outdated | InstanceState::Progressing => "Updating",
+                InstanceState::Stalled | InstanceState::QuotaExceeded => "Failed",
+            }
+        };
+        let url = objects
+            .iter()
+            .find(|o| o.resource.kind == "ConfigMap")
+            .and_then(|o| {
+                o.object.data["data"]["CONSORZIO_URL"]
+                    .as_str()
+                    .map(str::to_string)
+            });
+        ServiceInstanceStatus {
+            name: name.clone(),
+            phase: phase.into(),
+            url,
+            version: Some(template_version(s, Some(&m.name_any()))),
+        }
+    });
+    if current == wanted.as_ref() {
+        return Ok(());
+    }
+    let services: Vec<ServiceInstanceStatus> = wanted.into_iter().collect();
+    let patch = json!({
+        "apiVersion": "consorzio.io/v1alpha1",
+        "kind": "Municipality",
+        "status": {"services": services},
+    });
+    ctx.metrics.wrote("Municipality");
+    let manager = format!("consorzio-service-{name}");
+    match Api::<Municipality>::all(ctx.client.clone())
+        .patch_status(
+            &m.name_any(),
+            &PatchParams::apply(&manager).force(),
+            &Patch::Apply(patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// The generated credentials of a comune's instance: random, created once, never replaced.
@@ -429,6 +498,24 @@ async fn prune(s: &SharedService, comuni: &[Municipality], ctx: &Context) -> Res
         .collect();
     for ns in leaving {
         remove_instance(s, &ns, ctx).await?;
+    }
+    // Comuni that still list the service in their status no longer get it.
+    let listed: Vec<Municipality> = ctx
+        .stores
+        .municipalities
+        .state()
+        .iter()
+        .filter_map(|g| g.0.as_ref().ok())
+        .filter(|m| !keep.contains(&namespace_name(m, &ctx.config)))
+        .filter(|m| {
+            m.status
+                .as_ref()
+                .is_some_and(|st| st.services.iter().any(|e| e.name == name))
+        })
+        .cloned()
+        .collect();
+    for m in &listed {
+        report_to_municipality(s, m, None, ctx).await?;
     }
     Ok(())
 }
