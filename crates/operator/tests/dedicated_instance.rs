@@ -136,6 +136,13 @@ async fn dedicated_service_runs_in_every_selected_comune_and_leaving_keeps_the_v
         op.stop().await;
         let op = Operator::start(&env).await?;
         tokio::time::sleep(Duration::from_secs(3)).await;
+        // The restarted operator reconciled everything once and found nothing to change.
+        assert_eq!(
+            op.writes(),
+            0,
+            "a no-op resync wrote:\n{}",
+            op.metrics.encode()
+        );
         let again = env
             .api::<Secret>(&a_ns)
             .get(&format!("{name}-credentials"))

@@ -222,6 +222,11 @@ fn max_unavailable(s: &SharedService, total: usize) -> usize {
 }
 
 async fn reconcile_service(s: &SharedService, ctx: &Context) -> Result<Action, Error> {
+    // The comuni come from the Municipality controller's cache, filled as that controller starts.
+    // Until it has listed them all, no comune may look unselected: that would remove instances.
+    if ctx.stores.municipalities.wait_until_ready().await.is_err() {
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
     if s.meta().deletion_timestamp.is_some() {
         return cleanup(s, ctx).await;
     }
