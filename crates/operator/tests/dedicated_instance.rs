@@ -289,3 +289,33 @@ async fn invalid_template_changes_nothing_and_a_stalled_rollout_halts() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn an_instance_that_does_not_fit_the_quota_is_reported() {
+    let _one = exclusive().await;
+    run(|env: Env| async move {
+        let op = Operator::start(&env).await?;
+        let union = unique_name("u");
+        let mut m = comune();
+        m.spec.union = Some(union.clone());
+        // The website asks 100m CPU and 256Mi: this comune has room for no such pod.
+        m.spec.quota.cpu = k8s_openapi::apimachinery::pkg::api::resource::Quantity("50m".into());
+        let (m_name, _) = onboard(&env, &m).await?;
+        let s = website(&union)?;
+        let name = s.name_any();
+        apply_service(&env, &s).await?;
+        let status = wait_status(&env, &name, "QuotaExceeded", |st| {
+            st.not_ready
+                .iter()
+                .any(|n| n.municipality == m_name && n.reason == "QuotaExceeded")
+        })
+        .await?;
+        assert_eq!((status.desired_instances, status.ready_instances), (1, 0));
+
+        remove_service(&env, &name).await?;
+        remove(&env, &m_name).await?;
+        op.stop().await;
+        Ok(())
+    })
+    .await;
+}
