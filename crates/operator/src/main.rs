@@ -300,7 +300,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     tracing::info!(addr = %args.metrics_addr, "serving /metrics, /healthz and /readyz");
 
     wait_for_crds(&client).await;
-    let (ctx, triggers, events) = Context::start(client, config, metrics).await?;
+    let (ctx, triggers, events, comuni) = Context::start(client, config, metrics).await?;
     ready.store(true, std::sync::atomic::Ordering::Relaxed);
     tracing::info!("caches filled; reconciling");
     let municipalities = controller::run_municipalities(
@@ -309,7 +309,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         triggers.municipalities,
         shutdown.clone(),
     );
-    let services = controller::run_services(ctx, triggers.services, shutdown.clone());
+    let services = controller::run_services(ctx, comuni, triggers.services, shutdown.clone());
     tokio::select! {
         _ = futures::future::join(municipalities, services) => {}
         result = server => result??,

@@ -276,62 +276,48 @@ async fn drift_is_repaired_within_seconds() {
     .await;
 }
 
-/// Resource versions of the Municipality and of every object in its namespace.
+/// Adds `Kind/name -> resourceVersion` of every object of kind `K` in `ns`.
+async fn versions_of<K>(
+    env: &Env,
+    ns: &str,
+    all: &mut BTreeMap<String, String>,
+) -> anyhow::Result<()>
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    for obj in env.api::<K>(ns).list(&ListParams::default()).await? {
+        all.insert(
+            format!("{}/{}", K::kind(&()), obj.name_any()),
+            obj.resource_version().unwrap_or_default(),
+        );
+    }
+    Ok(())
+}
+
+/// Resource versions of the Municipality, its namespace and every object the operator manages in it.
 async fn versions(env: &Env, name: &str) -> anyhow::Result<BTreeMap<String, String>> {
     let ns = format!("comune-{name}");
-    let mut all = BTreeMap::new();
     let m = Api::<consorzio_api::Municipality>::all(env.client())
         .get(name)
         .await?;
-    all.insert(
-        format!("Municipality/{name}"),
-        m.resource_version().unwrap_or_default(),
-    );
     let namespace = Api::<Namespace>::all(env.client()).get(&ns).await?;
-    all.insert(
-        format!("Namespace/{ns}"),
-        namespace.resource_version().unwrap_or_default(),
-    );
-    for q in env
-        .api::<ResourceQuota>(&ns)
-        .list(&ListParams::default())
-        .await?
-    {
-        all.insert(
-            format!("ResourceQuota/{}", q.name_any()),
-            q.resource_version().unwrap_or_default(),
-        );
-    }
-    for l in env
-        .api::<LimitRange>(&ns)
-        .list(&ListParams::default())
-        .await?
-    {
-        all.insert(
-            format!("LimitRange/{}", l.name_any()),
-            l.resource_version().unwrap_or_default(),
-        );
-    }
-    for p in env
-        .api::<NetworkPolicy>(&ns)
-        .list(&ListParams::default())
-        .await?
-    {
-        all.insert(
-            format!("NetworkPolicy/{}", p.name_any()),
-            p.resource_version().unwrap_or_default(),
-        );
-    }
-    for r in env
-        .api::<RoleBinding>(&ns)
-        .list(&ListParams::default())
-        .await?
-    {
-        all.insert(
-            format!("RoleBinding/{}", r.name_any()),
-            r.resource_version().unwrap_or_default(),
-        );
-    }
+    let mut all = BTreeMap::from([
+        (
+            format!("Municipality/{name}"),
+            m.resource_version().unwrap_or_default(),
+        ),
+        (
+            format!("Namespace/{ns}"),
+            namespace.resource_version().unwrap_or_default(),
+        ),
+    ]);
+    versions_of::<ResourceQuota>(env, &ns, &mut all).await?;
+    versions_of::<LimitRange>(env, &ns, &mut all).await?;
+    versions_of::<NetworkPolicy>(env, &ns, &mut all).await?;
+    versions_of::<RoleBinding>(env, &ns, &mut all).await?;
     Ok(all)
 }
 

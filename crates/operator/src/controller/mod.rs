@@ -3,6 +3,7 @@
 mod apply;
 mod error;
 mod municipality;
+mod object;
 mod service;
 mod status;
 
@@ -94,6 +95,9 @@ pub struct Stores {
     pub secrets: Store<PartialObjectMeta<Secret>>,
     /// Every Municipality, as its controller sees it.
     pub municipalities: Store<DeserializeGuard<Municipality>>,
+    /// Every Municipality, as the SharedService controller sees it: its own watch, so that a
+    /// reconcile triggered by a comune's change always finds that change in the cache.
+    pub comuni: Store<DeserializeGuard<Municipality>>,
 }
 
 fn cached_value<K: Resource<DynamicType = ()> + Clone + serde::Serialize>(
@@ -232,7 +236,12 @@ impl Context {
         client: Client,
         config: Config,
         metrics: Arc<Metrics>,
-    ) -> anyhow::Result<(Arc<Context>, Triggers, municipality::Events)> {
+    ) -> anyhow::Result<(
+        Arc<Context>,
+        Triggers,
+        municipality::Events,
+        municipality::Events,
+    )> {
         let (municipalities, municipalities_rx) = mpsc::unbounded();
         let (services, services_rx) = mpsc::unbounded();
         let senders = Senders {
@@ -240,6 +249,7 @@ impl Context {
             services,
         };
         let (municipality_store, municipality_events) = municipality::watch(&client);
+        let (comuni, comuni_events) = municipality::watch(&client);
         let stores = Stores {
             namespaces: watch_managed(&client, &senders),
             quotas: watch_managed(&client, &senders),
@@ -253,6 +263,7 @@ impl Context {
             config_maps: watch_managed(&client, &senders),
             secrets: watch_managed_metadata(&client, &senders),
             municipalities: municipality_store,
+            comuni,
         };
         stores.wait_until_ready().await?;
         let reporter = Reporter {
@@ -272,7 +283,7 @@ impl Context {
             municipalities: municipalities_rx,
             services: services_rx,
         };
-        Ok((Arc::new(ctx), triggers, municipality_events))
+        Ok((Arc::new(ctx), triggers, municipality_events, comuni_events))
     }
 
     /// How long to wait before retrying an object that failed `n` times in a row: 1 s, doubling,

@@ -13,7 +13,7 @@ use kube::{
     runtime::{
         WatchStreamExt,
         controller::{self, Action, Controller},
-        events::{Event, EventType},
+        events::EventType,
         reflector::{self, ObjectRef},
         watcher,
     },
@@ -23,6 +23,7 @@ use serde_json::json;
 use super::{
     Context, Error,
     apply::{FIELD_MANAGER, apply_if_changed, delete},
+    object::{publish, set_finalizer},
     status::{condition, ready_reason},
 };
 use crate::{
@@ -119,7 +120,7 @@ async fn reconcile_municipality(m: &Municipality, ctx: &Context) -> Result<Actio
     if m.meta().deletion_timestamp.is_some() {
         return cleanup(m, ctx).await;
     }
-    set_finalizer(m, ctx, true).await?;
+    set_finalizer(m, FINALIZER, true, ctx).await?;
 
     let ns_name = namespace_name(m, &ctx.config);
     match namespace_state(m, &ns_name, ctx).await? {
@@ -261,7 +262,7 @@ async fn write_status(
     ctx.metrics.set_ready(&name, ready);
 
     if reason == "NamespaceConflict" && ready_reason(&current.conditions) != Some(reason) {
-        publish(ctx, m, EventType::Warning, reason, &message).await;
+        publish(ctx, m, EventType::Warning, reason, "Reconcile", &message).await;
     }
     let status = MunicipalityStatus {
         namespace: Some(ns_name.to_string()),
@@ -321,42 +322,6 @@ fn quota_usage(ctx: &Context, ns: &str) -> BTreeMap<String, QuotaUsage> {
         .collect()
 }
 
-async fn publish(ctx: &Context, m: &Municipality, type_: EventType, reason: &str, note: &str) {
-    let event = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note.chars().take(1000).collect()),
-        action: "Reconcile".into(),
-        secondary: None,
-    };
-    ctx.metrics.wrote("Event");
-    if let Err(error) = ctx.recorder.publish(&event, &m.object_ref(&())).await {
-        tracing::warn!(%error, "cannot publish event");
-    }
-}
-
-/// Adds (or removes) the finalizer, with the resourceVersion as a precondition so that no other
-/// finalizer is lost.
-async fn set_finalizer(m: &Municipality, ctx: &Context, present: bool) -> Result<(), Error> {
-    let mut finalizers = m.finalizers().to_vec();
-    let has = finalizers.iter().any(|f| f == FINALIZER);
-    if has == present {
-        return Ok(());
-    }
-    if present {
-        finalizers.push(FINALIZER.into());
-    } else {
-        finalizers.retain(|f| f != FINALIZER);
-    }
-    let patch =
-        json!({"metadata": {"finalizers": finalizers, "resourceVersion": m.resource_version()}});
-    ctx.metrics.wrote("Municipality");
-    Api::<Municipality>::all(ctx.client.clone())
-        .patch(&m.name_any(), &PatchParams::default(), &Patch::Merge(patch))
-        .await?;
-    Ok(())
-}
-
 /// The Municipality is being deleted: keep its namespace (Retain) or delete it (Delete), then
 /// let it go.
 async fn cleanup(m: &Municipality, ctx: &Context) -> Result<Action, Error> {
@@ -379,7 +344,15 @@ async fn cleanup(m: &Municipality, ctx: &Context) -> Result<Action, Error> {
             let note = format!(
                 "namespace {ns_name} and its data are kept, labelled {ORPHANED_LABEL}=true (deletionPolicy: Retain)"
             );
-            publish(ctx, m, EventType::Normal, "NamespaceRetained", &note).await;
+            publish(
+                ctx,
+                m,
+                EventType::Normal,
+                "NamespaceRetained",
+                "Reconcile",
+                &note,
+            )
+            .await;
         }
         (DeletionPolicy::Delete, NamespaceState::Ours) => {
             let resource = ApiResource::erase::<Namespace>(&());
@@ -389,6 +362,7 @@ async fn cleanup(m: &Municipality, ctx: &Context) -> Result<Action, Error> {
                 m,
                 EventType::Normal,
                 "NamespaceDeleting",
+                "Reconcile",
                 &format!("deleting namespace {ns_name} (deletionPolicy: Delete)"),
             )
             .await;
@@ -400,7 +374,7 @@ async fn cleanup(m: &Municipality, ctx: &Context) -> Result<Action, Error> {
         // Absent, or not ours (never touched), or already terminating under Retain: nothing to do.
         _ => {}
     }
-    set_finalizer(m, ctx, false).await?;
+    set_finalizer(m, FINALIZER, false, ctx).await?;
     ctx.metrics.forget_municipality(&name);
     Ok(Action::await_change())
 }

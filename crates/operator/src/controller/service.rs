@@ -25,7 +25,7 @@ use kube::{
     runtime::{
         WatchStreamExt,
         controller::{self, Action, Controller},
-        events::{Event, EventType},
+        events::EventType,
         reflector::{self, ObjectRef},
         watcher,
     },
@@ -36,6 +36,7 @@ use serde_json::json;
 use super::{
     Context, Error,
     apply::{apply_if_changed, delete},
+    object::{publish, set_finalizer},
     status::condition,
 };
 use crate::{
@@ -59,6 +60,7 @@ const NOT_READY_LISTED: usize = 20;
 /// Runs the SharedService controller until `shutdown` completes.
 pub async fn run(
     ctx: Arc<Context>,
+    comuni: super::municipality::Events,
     triggers: impl Stream<Item = ObjectRef<SharedService>> + Send + 'static,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
@@ -71,7 +73,7 @@ pub async fn run(
         .applied_objects();
     let services = reader.clone();
     // Any change of a comune (joining a union, becoming Ready) may change who gets what.
-    let every_service = move |_: Municipality| {
+    let every_service = move |_: DeserializeGuard<Municipality>| {
         services
             .state()
             .iter()
@@ -80,11 +82,7 @@ pub async fn run(
     };
     Controller::for_stream(events, reader)
         .with_config(controller::Config::default().concurrency(ctx.config.concurrency))
-        .watches(
-            Api::<Municipality>::all(ctx.client.clone()),
-            watcher::Config::default(),
-            every_service,
-        )
+        .watches_stream(comuni, every_service)
         .reconcile_on(triggers.map(|r: ObjectRef<SharedService>| ObjectRef::new(&r.name)))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
@@ -224,13 +222,13 @@ fn max_unavailable(s: &SharedService, total: usize) -> usize {
 async fn reconcile_service(s: &SharedService, ctx: &Context) -> Result<Action, Error> {
     // The comuni come from the Municipality controller's cache, filled as that controller starts.
     // Until it has listed them all, no comune may look unselected: that would remove instances.
-    if ctx.stores.municipalities.wait_until_ready().await.is_err() {
+    if ctx.stores.comuni.wait_until_ready().await.is_err() {
         return Ok(Action::requeue(Duration::from_secs(1)));
     }
     if s.meta().deletion_timestamp.is_some() {
         return cleanup(s, ctx).await;
     }
-    set_finalizer(s, ctx, true).await?;
+    set_finalizer(s, FINALIZER, true, ctx).await?;
     if !is_dedicated(s) {
         let message = "Shared tenancy is not implemented yet by this operator version".to_string();
         write_status(s, ctx, Summary::failed("NotImplemented", message)).await?;
@@ -323,6 +321,7 @@ async fn reconcile_service(s: &SharedService, ctx: &Context) -> Result<Action, E
             s,
             EventType::Warning,
             "RolloutHalted",
+            "Rollout",
             &format!(
                 "instances did not become Available within {}s: {}",
                 s.spec.rollout.progress_deadline_seconds,
@@ -731,46 +730,13 @@ async fn write_status(s: &SharedService, ctx: &Context, summary: Summary) -> Res
     Ok(())
 }
 
-async fn publish(ctx: &Context, s: &SharedService, type_: EventType, reason: &str, note: &str) {
-    let event = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note.chars().take(1000).collect()),
-        action: "Rollout".into(),
-        secondary: None,
-    };
-    ctx.metrics.wrote("Event");
-    if let Err(error) = ctx.recorder.publish(&event, &s.object_ref(&())).await {
-        tracing::warn!(%error, "cannot publish event");
-    }
-}
-
-async fn set_finalizer(s: &SharedService, ctx: &Context, present: bool) -> Result<(), Error> {
-    let mut finalizers = s.finalizers().to_vec();
-    if finalizers.iter().any(|f| f == FINALIZER) == present {
-        return Ok(());
-    }
-    if present {
-        finalizers.push(FINALIZER.into());
-    } else {
-        finalizers.retain(|f| f != FINALIZER);
-    }
-    let patch =
-        json!({"metadata": {"finalizers": finalizers, "resourceVersion": s.resource_version()}});
-    ctx.metrics.wrote("SharedService");
-    Api::<SharedService>::all(ctx.client.clone())
-        .patch(&s.name_any(), &PatchParams::default(), &Patch::Merge(patch))
-        .await?;
-    Ok(())
-}
-
 /// The service is being deleted: every instance goes, volumes kept as the service says.
 async fn cleanup(s: &SharedService, ctx: &Context) -> Result<Action, Error> {
     if !s.finalizers().iter().any(|f| f == FINALIZER) {
         return Ok(Action::await_change());
     }
     prune(s, &[], ctx).await?;
-    set_finalizer(s, ctx, false).await?;
+    set_finalizer(s, FINALIZER, false, ctx).await?;
     ctx.metrics.forget_service(&s.name_any());
     Ok(Action::await_change())
 }

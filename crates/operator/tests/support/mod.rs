@@ -46,7 +46,8 @@ impl Operator {
             }],
             ..Config::default()
         };
-        let (ctx, triggers, events) = Context::start(env.client(), config, metrics.clone()).await?;
+        let (ctx, triggers, events, comuni) =
+            Context::start(env.client(), config, metrics.clone()).await?;
         let (stop, stopped) = oneshot::channel::<()>();
         let stopped = futures::FutureExt::shared(async {
             let _ = stopped.await;
@@ -57,7 +58,7 @@ impl Operator {
             triggers.municipalities,
             stopped.clone(),
         );
-        let services = controller::run_services(ctx, triggers.services, stopped);
+        let services = controller::run_services(ctx, comuni, triggers.services, stopped);
         let task = tokio::spawn(async move {
             futures::future::join(municipalities, services).await;
         });
