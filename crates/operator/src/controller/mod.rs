@@ -28,6 +28,7 @@ use kube::{
     core::{DeserializeGuard, PartialObjectMeta},
     runtime::{
         WatchStreamExt,
+        controller::Action,
         events::{Recorder, Reporter},
         reflector::{self, ObjectRef, Store},
         watcher,
@@ -40,7 +41,7 @@ pub use apply::{FIELD_MANAGER, contains};
 pub use error::Error;
 
 use crate::{
-    metrics::Metrics,
+    metrics::{ControllerName, Metrics},
     render::{Config, MANAGED_BY, MUNICIPALITY_LABEL, Rendered, service::SERVICE_LABEL},
 };
 use consorzio_api::{Municipality, SharedService};
@@ -199,28 +200,14 @@ where
     });
 }
 
-/// Starts a cache of the managed objects of kind `K`.
+/// Starts a cache of the managed objects of kind `K` (for `PartialObjectMeta<_>`, of their
+/// metadata only).
 fn watch_managed<K>(client: &Client, senders: &Senders) -> Store<K>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
     let (reader, writer) = reflector::store();
     let stream = watcher(Api::<K>::all(client.clone()), managed())
-        .default_backoff()
-        .modify(|obj| obj.managed_fields_mut().clear())
-        .reflect(writer)
-        .touched_objects();
-    drive(stream, senders.clone());
-    reader
-}
-
-/// Starts a cache of the metadata only of the managed objects of kind `K`.
-fn watch_managed_metadata<K>(client: &Client, senders: &Senders) -> Store<PartialObjectMeta<K>>
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
-{
-    let (reader, writer) = reflector::store();
-    let stream = watcher(Api::<PartialObjectMeta<K>>::all(client.clone()), managed())
         .default_backoff()
         .modify(|obj| obj.managed_fields_mut().clear())
         .reflect(writer)
@@ -261,7 +248,7 @@ impl Context {
             ingresses: watch_managed(&client, &senders),
             volume_claims: watch_managed(&client, &senders),
             config_maps: watch_managed(&client, &senders),
-            secrets: watch_managed_metadata(&client, &senders),
+            secrets: watch_managed(&client, &senders),
             municipalities: municipality_store,
             comuni,
         };
@@ -301,6 +288,59 @@ impl Context {
         if let Ok(mut failures) = self.failures.lock() {
             failures.remove(key);
         }
+    }
+}
+
+/// Reconciles a readable object with `work`, timed and counted under `controller`. An object
+/// these types cannot read (e.g. written under an older CRD) is logged and waits for a change:
+/// the rest of the fleet goes on.
+async fn reconcile_guarded<'a, K, Fut>(
+    guard: &'a DeserializeGuard<K>,
+    ctx: &Context,
+    controller: ControllerName,
+    work: impl FnOnce(&'a K) -> Fut,
+) -> Result<Action, Error>
+where
+    K: Resource<DynamicType = ()>,
+    Fut: Future<Output = Result<Action, Error>>,
+{
+    let _timer = ctx.metrics.reconcile_started(controller);
+    let name = guard.name_any();
+    let obj = match &guard.0 {
+        Ok(obj) => obj,
+        Err(invalid) => {
+            tracing::warn!(kind = %K::kind(&()), %name, error = %invalid, "cannot read object");
+            ctx.metrics
+                .reconcile_finished(controller, Some("malformed"));
+            return Ok(Action::await_change());
+        }
+    };
+    let result = work(obj).await;
+    ctx.metrics
+        .reconcile_finished(controller, result.as_ref().err().map(Error::reason));
+    if result.is_ok() {
+        ctx.succeeded(&format!("{controller:?}/{name}"));
+    }
+    result
+}
+
+/// After a failed reconcile: permanent errors wait for the object to change, transient ones are
+/// retried with a per-object backoff.
+fn retry_policy<K>(
+    guard: &DeserializeGuard<K>,
+    error: &Error,
+    ctx: &Context,
+    controller: ControllerName,
+) -> Action
+where
+    K: Resource<DynamicType = ()>,
+{
+    let name = guard.name_any();
+    tracing::warn!(?controller, %name, error = %error, source = ?std::error::Error::source(error), "reconcile failed");
+    if error.is_permanent() {
+        Action::await_change()
+    } else {
+        Action::requeue(ctx.backoff(&format!("{controller:?}/{name}")))
     }
 }
 

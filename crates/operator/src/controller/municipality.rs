@@ -24,6 +24,7 @@ use super::{
     Context, Error,
     apply::{FIELD_MANAGER, apply_if_changed, delete},
     object::{publish, set_finalizer},
+    reconcile_guarded, retry_policy,
     status::{condition, ready_reason},
 };
 use crate::{
@@ -80,26 +81,10 @@ async fn reconcile(
     guard: Arc<DeserializeGuard<Municipality>>,
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
-    let _timer = ctx.metrics.reconcile_started(ControllerName::municipality);
-    let m = match &guard.0 {
-        Ok(m) => m,
-        Err(invalid) => {
-            // A manifest the API server accepted but these types cannot read (e.g. written under
-            // an older CRD). Nothing can be done until it changes; the rest of the fleet goes on.
-            tracing::warn!(name = %guard.name_any(), error = %invalid, "cannot read Municipality");
-            ctx.metrics
-                .reconcile_finished(ControllerName::municipality, Some("malformed"));
-            return Ok(Action::await_change());
-        }
-    };
-    let result = reconcile_municipality(m, &ctx).await;
-    let reason = result.as_ref().err().map(Error::reason);
-    ctx.metrics
-        .reconcile_finished(ControllerName::municipality, reason);
-    if result.is_ok() {
-        ctx.succeeded(&m.name_any());
-    }
-    result
+    reconcile_guarded(&guard, &ctx, ControllerName::municipality, |m| {
+        reconcile_municipality(m, &ctx)
+    })
+    .await
 }
 
 fn error_policy(
@@ -107,13 +92,7 @@ fn error_policy(
     error: &Error,
     ctx: Arc<Context>,
 ) -> Action {
-    let name = guard.name_any();
-    tracing::warn!(%name, error = %error, source = ?std::error::Error::source(error), "reconcile failed");
-    if error.is_permanent() {
-        Action::await_change()
-    } else {
-        Action::requeue(ctx.backoff(&name))
-    }
+    retry_policy(&guard, error, &ctx, ControllerName::municipality)
 }
 
 async fn reconcile_municipality(m: &Municipality, ctx: &Context) -> Result<Action, Error> {

@@ -37,6 +37,7 @@ use super::{
     Context, Error,
     apply::{apply_if_changed, delete},
     object::{publish, set_finalizer},
+    reconcile_guarded, retry_policy,
     status::condition,
 };
 use crate::{
@@ -94,25 +95,10 @@ async fn reconcile(
     guard: Arc<DeserializeGuard<SharedService>>,
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
-    let _timer = ctx.metrics.reconcile_started(ControllerName::sharedservice);
-    let s = match &guard.0 {
-        Ok(s) => s,
-        Err(invalid) => {
-            tracing::warn!(name = %guard.name_any(), error = %invalid, "cannot read SharedService");
-            ctx.metrics
-                .reconcile_finished(ControllerName::sharedservice, Some("malformed"));
-            return Ok(Action::await_change());
-        }
-    };
-    let result = reconcile_service(s, &ctx).await;
-    ctx.metrics.reconcile_finished(
-        ControllerName::sharedservice,
-        result.as_ref().err().map(Error::reason),
-    );
-    if result.is_ok() {
-        ctx.succeeded(&format!("service/{}", s.name_any()));
-    }
-    result
+    reconcile_guarded(&guard, &ctx, ControllerName::sharedservice, |s| {
+        reconcile_service(s, &ctx)
+    })
+    .await
 }
 
 fn error_policy(
@@ -120,13 +106,7 @@ fn error_policy(
     error: &Error,
     ctx: Arc<Context>,
 ) -> Action {
-    let name = guard.name_any();
-    tracing::warn!(%name, error = %error, source = ?std::error::Error::source(error), "reconcile failed");
-    if error.is_permanent() {
-        Action::await_change()
-    } else {
-        Action::requeue(ctx.backoff(&format!("service/{name}")))
-    }
+    retry_policy(&guard, error, &ctx, ControllerName::sharedservice)
 }
 
 fn is_ready(m: &Municipality) -> bool {
@@ -142,7 +122,7 @@ fn is_ready(m: &Municipality) -> bool {
 fn selected(s: &SharedService, ctx: &Context) -> Vec<Municipality> {
     let mut chosen: Vec<Municipality> = ctx
         .stores
-        .municipalities
+        .comuni
         .state()
         .iter()
         .filter_map(|g| g.0.as_ref().ok())
@@ -168,9 +148,14 @@ enum InstanceState {
     Available,
 }
 
-fn instance_state(s: &SharedService, m: &Municipality, ctx: &Context) -> InstanceState {
+/// The cached Deployment of a comune's instance.
+fn deployment(s: &SharedService, m: &Municipality, ctx: &Context) -> Option<Arc<Deployment>> {
     let key = ObjectRef::new(&s.name_any()).within(&namespace_name(m, &ctx.config));
-    let Some(d) = ctx.stores.deployments.get(&key) else {
+    ctx.stores.deployments.get(&key)
+}
+
+fn instance_state(s: &SharedService, m: &Municipality, ctx: &Context) -> InstanceState {
+    let Some(d) = deployment(s, m, ctx) else {
         return InstanceState::Missing;
     };
     let version = d
@@ -283,7 +268,7 @@ async fn reconcile_service(s: &SharedService, ctx: &Context) -> Result<Action, E
     order.sort_by_key(|&i| {
         (
             states[i] != InstanceState::Outdated,
-            ctx_available(ctx, s, &comuni[i]),
+            serving(s, &comuni[i], ctx),
         )
     });
     let mut to_apply = BTreeSet::new();
@@ -310,11 +295,11 @@ async fn reconcile_service(s: &SharedService, ctx: &Context) -> Result<Action, E
         ensure_credentials(s, &comuni[*i], ctx).await?;
     }
     prune(s, &comuni, ctx).await?;
-    for (m, objects) in comuni.iter().zip(&rendered) {
-        report_to_municipality(s, m, Some(objects), ctx).await?;
+    for ((m, objects), state) in comuni.iter().zip(&rendered).zip(&states) {
+        report_to_municipality(s, m, Some((objects, *state)), ctx).await?;
     }
 
-    let summary = summarize(s, &comuni, ctx, halted);
+    let summary = summarize(s, &comuni, &states, halted);
     if let Some(names) = summary.halted.as_ref().filter(|_| !was_halted(s)) {
         publish(
             ctx,
@@ -342,15 +327,12 @@ async fn reconcile_service(s: &SharedService, ctx: &Context) -> Result<Action, E
     }))
 }
 
-fn ctx_available(ctx: &Context, s: &SharedService, m: &Municipality) -> bool {
-    let key = ObjectRef::new(&s.name_any()).within(&namespace_name(m, &ctx.config));
-    ctx.stores.deployments.get(&key).is_some_and(|d| {
-        d.status
-            .as_ref()
-            .and_then(|st| st.available_replicas)
-            .unwrap_or(0)
-            > 0
-    })
+/// Whether some pod of the comune's instance is available, whatever its version.
+fn serving(s: &SharedService, m: &Municipality, ctx: &Context) -> bool {
+    deployment(s, m, ctx)
+        .and_then(|d| d.status.as_ref().and_then(|st| st.available_replicas))
+        .unwrap_or(0)
+        > 0
 }
 
 fn was_halted(s: &SharedService) -> bool {
@@ -361,13 +343,13 @@ fn was_halted(s: &SharedService) -> bool {
     })
 }
 
-/// Keeps the comune's `status.services` entry for this service current (`objects` is `None`
-/// when the comune no longer gets it). Each service writes its own entry, under its own field
+/// Keeps the comune's `status.services` entry for this service current (`instance`, its objects
+/// and state, is `None` when the comune no longer gets it). Each service writes its own entry, under its own field
 /// manager, so entries of different services never overwrite each other.
 async fn report_to_municipality(
     s: &SharedService,
     m: &Municipality,
-    objects: Option<&Vec<Rendered>>,
+    instance: Option<(&Vec<Rendered>, InstanceState)>,
     ctx: &Context,
 ) -> Result<(), Error> {
     let name = s.name_any();
@@ -375,11 +357,11 @@ async fn report_to_municipality(
         .status
         .as_ref()
         .and_then(|st| st.services.iter().find(|e| e.name == name));
-    let wanted = objects.map(|objects| {
+    let wanted = instance.map(|(objects, state)| {
         let phase = if s.spec.suspended {
             "Suspended"
         } else {
-            match instance_state(s, m, ctx) {
+            match state {
                 InstanceState::Available => "Ready",
                 InstanceState::Missing => "Pending",
                 InstanceState::Outdated | InstanceState::Progressing => "Updating",
@@ -506,7 +488,7 @@ async fn prune(s: &SharedService, comuni: &[Municipality], ctx: &Context) -> Res
     // Comuni that still list the service in their status no longer get it.
     let listed: Vec<Municipality> = ctx
         .stores
-        .municipalities
+        .comuni
         .state()
         .iter()
         .filter_map(|g| g.0.as_ref().ok())
@@ -615,14 +597,13 @@ impl Summary {
 fn summarize(
     s: &SharedService,
     comuni: &[Municipality],
-    ctx: &Context,
+    states: &[InstanceState],
     halted: Vec<String>,
 ) -> Summary {
     let mut ready = 0;
     let mut updated = 0;
     let mut not_ready = vec![];
-    for m in comuni {
-        let state = instance_state(s, m, ctx);
+    for (m, &state) in comuni.iter().zip(states) {
         if state != InstanceState::Outdated && state != InstanceState::Missing {
             updated += 1;
         }

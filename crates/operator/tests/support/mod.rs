@@ -32,7 +32,8 @@ pub struct Operator {
 }
 
 impl Operator {
-    /// Starts an operator with the default settings, after installing the CRDs and tenant roles.
+    /// Starts an operator with the default settings (plus a toleration of the fake nodes), after
+    /// installing the CRDs and tenant roles.
     pub async fn start(env: &Env) -> anyhow::Result<Operator> {
         install_crds(&env.client()).await?;
         install_tenant_roles(env).await?;
