@@ -58,6 +58,12 @@ const KNOWN_PLACEHOLDERS_MESSAGE: &str = "unknown placeholder: use {{ municipali
 #[x_kube(
     validation = Rule::new("self.tenancy != 'Dedicated' || !has(self.ingress) || self.ingress.host.matches('[{][{] *municipality[.]name *[}][}]')")
         .message("ingress.host must contain {{ municipality.name }} when tenancy is Dedicated, so that every comune gets its own host, e.g. \"{{ municipality.name }}.gis.example.org\""),
+    validation = Rule::new("self.tenancy != 'Shared' || !has(self.ingress) || !self.ingress.host.contains('{{')")
+        .message("ingress.host cannot use placeholders when tenancy is Shared: one instance serves every comune, under one host"),
+    validation = Rule::new("self.tenancy != 'Shared' || !has(self.template.env) || self.template.env.all(e, !e.value.contains('{{'))")
+        .message("template.env values cannot use placeholders when tenancy is Shared: one instance serves every comune; each comune finds its tenant id in the access point's ConfigMap <service>-connection"),
+    validation = Rule::new("self.tenancy != 'Shared' || !has(self.overrides) || size(self.overrides) == 0")
+        .message("overrides apply to Dedicated services only: a Shared service runs one instance for every comune"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct SharedServiceSpec {

@@ -287,6 +287,41 @@ fn invalid_on_create() -> Vec<Case> {
             "ingress.host must contain {{ municipality.name }} when tenancy is Dedicated",
         ),
         c(
+            "shared host with a placeholder",
+            set(
+                set(service(), "/spec/tenancy", json!("Shared")),
+                "/spec/template/env",
+                json!([]),
+            ),
+            "ingress.host cannot use placeholders when tenancy is Shared",
+        ),
+        c(
+            "shared env with a placeholder",
+            set(
+                set(service(), "/spec/tenancy", json!("Shared")),
+                "/spec/ingress/host",
+                json!("sit.example.org"),
+            ),
+            "template.env values cannot use placeholders when tenancy is Shared",
+        ),
+        c(
+            "shared service with overrides",
+            set(
+                set(
+                    set(
+                        set(service(), "/spec/tenancy", json!("Shared")),
+                        "/spec/ingress/host",
+                        json!("sit.example.org"),
+                    ),
+                    "/spec/template/env",
+                    json!([]),
+                ),
+                "/spec/overrides",
+                json!({"alvito": {"replicas": 2}}),
+            ),
+            "overrides apply to Dedicated services only",
+        ),
+        c(
             "unknown placeholder in env",
             set(
                 service(),

@@ -22,7 +22,7 @@ use consorzio::{
 use consorzio_api::{Municipality, SharedService};
 use futures::FutureExt;
 use k8s_openapi::api::core::v1::Toleration;
-use kube::{Api, Client, ResourceExt, api::ListParams};
+use kube::{Api, Client, api::ListParams};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -229,15 +229,19 @@ fn render_files(args: &RenderArgs) -> anyhow::Result<()> {
         rendered.extend(render::render_municipality(m, &config)?);
     }
     for s in &services {
-        if !render::service::is_dedicated(s) {
-            eprintln!("# {}: Shared tenancy is not rendered yet", s.name_any());
-            continue;
-        }
-        for m in municipalities
+        let chosen = municipalities
             .iter()
-            .filter(|m| render::service::selects(s, m))
-        {
-            rendered.extend(render::service::render_dedicated(s, m, &config)?);
+            .filter(|m| render::service::selects(s, m));
+        if render::service::is_dedicated(s) {
+            for m in chosen {
+                rendered.extend(render::service::render_dedicated(s, m, &config)?);
+            }
+        } else {
+            rendered.extend(render::shared::render_shared(s, &config)?);
+            for m in chosen {
+                rendered.extend(render::shared::render_access_point(s, m, &config)?);
+                rendered.push(render::shared::render_subscription(s, m, &config, true)?);
+            }
         }
     }
     let mut out = String::new();

@@ -34,9 +34,20 @@ fn render_prints_every_object_of_the_example_comuni() {
         assert!(out.contains(&format!("# ResourceQuota comune-{city}/consorzio-quota\n")));
     }
     assert_eq!(
-        out.matches("kind: NetworkPolicy").count(),
-        5 * 5,
-        "4 policies and internet egress each"
+        out.matches("# NetworkPolicy comune-").count(),
+        5 * (5 + 2),
+        "4 policies and internet egress each, and one access policy per Shared service they get \
+         (identity and opendata)"
+    );
+    // Dedicated: an instance in the comune's namespace. Shared: one instance in its own
+    // namespace, an access point in each comune's.
+    assert!(out.contains("# Deployment comune-lugano/nextcloud\n"));
+    assert!(out.contains("# Deployment shared-identity/identity\n"));
+    assert!(out.contains("# Service comune-lugano/identity\n"));
+    assert!(out.contains("# NetworkPolicy shared-identity/consorzio-allow-subscribers\n"));
+    assert!(
+        !out.contains("# Namespace shared-pagopa\n") || out.contains("shared-pagopa/pagopa"),
+        "a Shared namespace always comes with its instance"
     );
 }
 

@@ -1,6 +1,7 @@
-//! The SharedService reconciler (Dedicated tenancy): one instance in each selected comune's
-//! namespace, template changes rolled out in waves, instances of comuni that leave removed with
-//! their volumes kept.
+//! The SharedService reconciler. Dedicated tenancy: one instance in each selected comune's
+//! namespace, template changes rolled out in waves. Shared tenancy: one instance in the namespace
+//! `shared-<service>` and an access point in each selected comune's namespace. Either way, the
+//! instances of comuni that leave are removed with their volumes kept.
 
 use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
@@ -13,8 +14,8 @@ use k8s_openapi::{
     ByteString,
     api::{
         apps::v1::Deployment,
-        core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service},
-        networking::v1::Ingress,
+        core::v1::{ConfigMap, Namespace, PersistentVolumeClaim, Secret, Service},
+        networking::v1::{Ingress, NetworkPolicy},
     },
     apimachinery::pkg::util::intstr::IntOrString,
 };
@@ -45,8 +46,12 @@ use crate::{
     render::{
         MANAGED_BY, MUNICIPALITY_LABEL, ORPHANED_LABEL, Rendered, namespace_name,
         service::{
-            SERVICE_LABEL, VERSION_ANNOTATION, credentials_name, is_dedicated, render_dedicated,
-            selects, template_version, volume_name,
+            SERVICE_LABEL, VERSION_ANNOTATION, credentials_name, is_dedicated, public_url,
+            render_dedicated, selects, template_version, volume_name,
+        },
+        shared::{
+            access_policy_name, connection_name, render_access_point, render_shared,
+            render_shared_namespace, shared_namespace, subscriber_label,
         },
     },
 };
@@ -148,22 +153,19 @@ enum InstanceState {
     Available,
 }
 
-/// The cached Deployment of a comune's instance.
-fn deployment(s: &SharedService, m: &Municipality, ctx: &Context) -> Option<Arc<Deployment>> {
-    let key = ObjectRef::new(&s.name_any()).within(&namespace_name(m, &ctx.config));
-    ctx.stores.deployments.get(&key)
+/// The cached Deployment of the service's instance in a namespace.
+fn deployment(s: &SharedService, ns: &str, ctx: &Context) -> Option<Arc<Deployment>> {
+    ctx.stores
+        .deployments
+        .get(&ObjectRef::new(&s.name_any()).within(ns))
 }
 
-fn instance_state(s: &SharedService, m: &Municipality, ctx: &Context) -> InstanceState {
-    let Some(d) = deployment(s, m, ctx) else {
+/// The state of the instance in `ns`, which should run template `version`.
+fn instance_state(s: &SharedService, ns: &str, version: &str, ctx: &Context) -> InstanceState {
+    let Some(d) = deployment(s, ns, ctx) else {
         return InstanceState::Missing;
     };
-    let version = d
-        .annotations()
-        .get(VERSION_ANNOTATION)
-        .cloned()
-        .unwrap_or_default();
-    if version != template_version(s, Some(&m.name_any())) {
+    if d.annotations().get(VERSION_ANNOTATION).map(String::as_str) != Some(version) {
         return InstanceState::Outdated;
     }
     let status = d.status.clone().unwrap_or_default();
@@ -205,8 +207,8 @@ fn max_unavailable(s: &SharedService, total: usize) -> usize {
 }
 
 async fn reconcile_service(s: &SharedService, ctx: &Context) -> Result<Action, Error> {
-    // The comuni come from the Municipality controller's cache, filled as that controller starts.
-    // Until it has listed them all, no comune may look unselected: that would remove instances.
+    // The comuni come from this controller's own Municipality cache. Until it has listed them
+    // all, no comune may look unselected: that would remove instances.
     if ctx.stores.comuni.wait_until_ready().await.is_err() {
         return Ok(Action::requeue(Duration::from_secs(1)));
     }
@@ -214,15 +216,32 @@ async fn reconcile_service(s: &SharedService, ctx: &Context) -> Result<Action, E
         return cleanup(s, ctx).await;
     }
     set_finalizer(s, FINALIZER, true, ctx).await?;
-    if !is_dedicated(s) {
-        let message = "Shared tenancy is not implemented yet by this operator version".to_string();
-        write_status(s, ctx, Summary::failed("NotImplemented", message)).await?;
-        return Ok(Action::await_change());
-    }
     let comuni = selected(s, ctx);
+    if is_dedicated(s) {
+        reconcile_dedicated(s, &comuni, ctx).await
+    } else {
+        reconcile_shared(s, &comuni, ctx).await
+    }
+}
+
+async fn apply_all(objects: &[Rendered], ctx: &Context) -> Result<(), Error> {
+    try_join_all(
+        objects
+            .iter()
+            .map(|o| apply_if_changed(&ctx.client, &ctx.metrics, o, ctx.stores.cached(o))),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn reconcile_dedicated(
+    s: &SharedService,
+    comuni: &[Municipality],
+    ctx: &Context,
+) -> Result<Action, Error> {
     // Render every instance first: an invalid template changes nothing anywhere.
     let mut rendered = Vec::with_capacity(comuni.len());
-    for m in &comuni {
+    for m in comuni {
         match render_dedicated(s, m, &ctx.config) {
             Ok(objects) => rendered.push(objects),
             Err(crate::render::service::ServiceRenderError::Template {
@@ -238,10 +257,18 @@ async fn reconcile_service(s: &SharedService, ctx: &Context) -> Result<Action, E
             Err(crate::render::service::ServiceRenderError::Json(e)) => return Err(e.into()),
         }
     }
+    let namespaces: Vec<String> = comuni
+        .iter()
+        .map(|m| namespace_name(m, &ctx.config))
+        .collect();
 
     // Waves: comuni on the target version that are not Available yet use up the budget; the
     // outdated ones (broken ones first) are updated as the budget allows. New comuni start at once.
-    let states: Vec<InstanceState> = comuni.iter().map(|m| instance_state(s, m, ctx)).collect();
+    let states: Vec<InstanceState> = comuni
+        .iter()
+        .zip(&namespaces)
+        .map(|(m, ns)| instance_state(s, ns, &template_version(s, Some(&m.name_any())), ctx))
+        .collect();
     let budget = max_unavailable(s, comuni.len());
     let busy = states
         .iter()
@@ -268,7 +295,7 @@ async fn reconcile_service(s: &SharedService, ctx: &Context) -> Result<Action, E
     order.sort_by_key(|&i| {
         (
             states[i] != InstanceState::Outdated,
-            serving(s, &comuni[i], ctx),
+            serving(s, &namespaces[i], ctx),
         )
     });
     let mut to_apply = BTreeSet::new();
@@ -285,21 +312,139 @@ async fn reconcile_service(s: &SharedService, ctx: &Context) -> Result<Action, E
         }
     }
     for i in &to_apply {
-        let objects = &rendered[*i];
-        try_join_all(
-            objects
-                .iter()
-                .map(|o| apply_if_changed(&ctx.client, &ctx.metrics, o, ctx.stores.cached(o))),
-        )
-        .await?;
-        ensure_credentials(s, &comuni[*i], ctx).await?;
+        apply_all(&rendered[*i], ctx).await?;
+        let comune = comuni[*i].name_any();
+        ensure_credentials(s, &namespaces[*i], Some(&comune), ctx).await?;
     }
-    prune(s, &comuni, ctx).await?;
+    prune(s, namespaces.iter().cloned().collect(), ctx).await?;
     for ((m, objects), state) in comuni.iter().zip(&rendered).zip(&states) {
-        report_to_municipality(s, m, Some((objects, *state)), ctx).await?;
+        let url = objects
+            .iter()
+            .find(|o| o.resource.kind == "ConfigMap")
+            .and_then(|o| {
+                o.object.data["data"]["CONSORZIO_URL"]
+                    .as_str()
+                    .map(str::to_string)
+            });
+        let entry = entry(s, *state, url, template_version(s, Some(&m.name_any())));
+        report_to_municipality(s, m, Some(entry), ctx).await?;
     }
+    let summary = summarize(s, comuni, &states, halted);
+    finish(s, summary, ctx).await
+}
 
-    let summary = summarize(s, &comuni, &states, halted);
+async fn reconcile_shared(
+    s: &SharedService,
+    comuni: &[Municipality],
+    ctx: &Context,
+) -> Result<Action, Error> {
+    let ns = shared_namespace(s);
+    if let Some(message) = foreign_namespace(s, &ns, ctx).await? {
+        write_status(s, ctx, Summary::failed("NamespaceConflict", message)).await?;
+        return Ok(Action::requeue(Duration::from_secs(60)));
+    }
+    let instance = render_shared(s, &ctx.config)?;
+    // The namespace first: everything else lives in it.
+    let (namespace, rest) = instance
+        .split_first()
+        .ok_or(Error::Malformed("rendered namespace"))?;
+    apply_all(std::slice::from_ref(namespace), ctx).await?;
+    apply_all(rest, ctx).await?;
+    ensure_credentials(s, &ns, None, ctx).await?;
+    let version = template_version(s, None);
+    let state = instance_state(s, &ns, &version, ctx);
+
+    for m in comuni {
+        apply_all(&render_access_point(s, m, &ctx.config)?, ctx).await?;
+        subscribe(s, &namespace_name(m, &ctx.config), true, ctx).await?;
+    }
+    let mut keep: BTreeSet<String> = comuni
+        .iter()
+        .map(|m| namespace_name(m, &ctx.config))
+        .collect();
+    keep.insert(ns.clone());
+    prune(s, keep, ctx).await?;
+    let url = s.spec.ingress.as_ref().map(|i| public_url(s, &i.host));
+    for m in comuni {
+        let url = url.clone().or_else(|| {
+            let access = namespace_name(m, &ctx.config);
+            Some(format!(
+                "http://{}.{access}.svc:{}",
+                s.name_any(),
+                s.spec.template.port
+            ))
+        });
+        let entry = entry(s, state, url, version.clone());
+        report_to_municipality(s, m, Some(entry), ctx).await?;
+    }
+    let summary = summarize_shared(s, &ns, state);
+    finish(s, summary, ctx).await
+}
+
+/// Says when the shared namespace exists but is not this service's: it is left untouched.
+async fn foreign_namespace(
+    s: &SharedService,
+    ns: &str,
+    ctx: &Context,
+) -> Result<Option<String>, Error> {
+    let cached = ctx.stores.namespaces.get(&ObjectRef::new(ns));
+    let existing = match cached {
+        Some(namespace) => Some(namespace.as_ref().clone()),
+        None => {
+            Api::<Namespace>::all(ctx.client.clone())
+                .get_opt(ns)
+                .await?
+        }
+    };
+    let ours = |n: &Namespace| {
+        n.labels().get(MANAGED_BY.0).map(String::as_str) == Some(MANAGED_BY.1)
+            && n.labels().get(SERVICE_LABEL) == Some(&s.name_any())
+    };
+    Ok(existing.filter(|n| !ours(n)).map(|_| {
+        format!(
+            "namespace {ns} already exists and is not managed by consorzio for this service; \
+             it is left untouched. Rename or remove it, or give the service another name"
+        )
+    }))
+}
+
+/// Labels (or unlabels) a comune's namespace as a subscriber of a Shared service, with a merge
+/// patch under the service's own field manager: the Municipality controller's labels stay as they
+/// are, and a namespace that is gone is not created again.
+async fn subscribe(s: &SharedService, ns: &str, on: bool, ctx: &Context) -> Result<(), Error> {
+    let label = subscriber_label(s);
+    let has = ctx
+        .stores
+        .namespaces
+        .get(&ObjectRef::new(ns))
+        .is_some_and(|n| n.labels().get(&label).is_some_and(|v| v == "true"));
+    if has == on {
+        return Ok(());
+    }
+    let value = on.then_some("true");
+    let patch = json!({"metadata": {"labels": {label: value}}});
+    ctx.metrics.wrote("Namespace");
+    let manager = format!("consorzio-service-{}", s.name_any());
+    match Api::<Namespace>::all(ctx.client.clone())
+        .patch(
+            ns,
+            &PatchParams {
+                field_manager: Some(manager),
+                ..Default::default()
+            },
+            &Patch::Merge(&patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Publishes a halted rollout, keeps the metrics current, writes the status, and says when to
+/// look again.
+async fn finish(s: &SharedService, summary: Summary, ctx: &Context) -> Result<Action, Error> {
     if let Some(names) = summary.halted.as_ref().filter(|_| !was_halted(s)) {
         publish(
             ctx,
@@ -315,7 +460,7 @@ async fn reconcile_service(s: &SharedService, ctx: &Context) -> Result<Action, E
         )
         .await;
     }
-    let done = summary.ready == comuni.len();
+    let done = summary.ready == summary.desired;
     let updated = summary.rollout.as_ref().map_or(0, |r| r.updated as usize);
     ctx.metrics
         .set_service(&s.name_any(), summary.ready, summary.desired, updated);
@@ -327,9 +472,9 @@ async fn reconcile_service(s: &SharedService, ctx: &Context) -> Result<Action, E
     }))
 }
 
-/// Whether some pod of the comune's instance is available, whatever its version.
-fn serving(s: &SharedService, m: &Municipality, ctx: &Context) -> bool {
-    deployment(s, m, ctx)
+/// Whether some pod of the instance in `ns` is available, whatever its version.
+fn serving(s: &SharedService, ns: &str, ctx: &Context) -> bool {
+    deployment(s, ns, ctx)
         .and_then(|d| d.status.as_ref().and_then(|st| st.available_replicas))
         .unwrap_or(0)
         > 0
@@ -343,13 +488,38 @@ fn was_halted(s: &SharedService) -> bool {
     })
 }
 
-/// Keeps the comune's `status.services` entry for this service current (`instance`, its objects
-/// and state, is `None` when the comune no longer gets it). Each service writes its own entry, under its own field
-/// manager, so entries of different services never overwrite each other.
+/// A comune's `status.services` entry for this service, from its instance's state.
+fn entry(
+    s: &SharedService,
+    state: InstanceState,
+    url: Option<String>,
+    version: String,
+) -> ServiceInstanceStatus {
+    let phase = if s.spec.suspended {
+        "Suspended"
+    } else {
+        match state {
+            InstanceState::Available => "Ready",
+            InstanceState::Missing => "Pending",
+            InstanceState::Outdated | InstanceState::Progressing => "Updating",
+            InstanceState::Stalled | InstanceState::QuotaExceeded => "Failed",
+        }
+    };
+    ServiceInstanceStatus {
+        name: s.name_any(),
+        phase: phase.into(),
+        url,
+        version: Some(version),
+    }
+}
+
+/// Keeps the comune's `status.services` entry for this service current (`None` when the comune
+/// no longer gets it). Each service writes its own entry, under its own field manager, so entries
+/// of different services never overwrite each other.
 async fn report_to_municipality(
     s: &SharedService,
     m: &Municipality,
-    instance: Option<(&Vec<Rendered>, InstanceState)>,
+    wanted: Option<ServiceInstanceStatus>,
     ctx: &Context,
 ) -> Result<(), Error> {
     let name = s.name_any();
@@ -357,32 +527,6 @@ async fn report_to_municipality(
         .status
         .as_ref()
         .and_then(|st| st.services.iter().find(|e| e.name == name));
-    let wanted = instance.map(|(objects, state)| {
-        let phase = if s.spec.suspended {
-            "Suspended"
-        } else {
-            match state {
-                InstanceState::Available => "Ready",
-                InstanceState::Missing => "Pending",
-                InstanceState::Outdated | InstanceState::Progressing => "Updating",
-                InstanceState::Stalled | InstanceState::QuotaExceeded => "Failed",
-            }
-        };
-        let url = objects
-            .iter()
-            .find(|o| o.resource.kind == "ConfigMap")
-            .and_then(|o| {
-                o.object.data["data"]["CONSORZIO_URL"]
-                    .as_str()
-                    .map(str::to_string)
-            });
-        ServiceInstanceStatus {
-            name: name.clone(),
-            phase: phase.into(),
-            url,
-            version: Some(template_version(s, Some(&m.name_any()))),
-        }
-    });
     if current == wanted.as_ref() {
         return Ok(());
     }
@@ -408,18 +552,18 @@ async fn report_to_municipality(
     }
 }
 
-/// The generated credentials of a comune's instance: random, created once, never replaced.
+/// The generated credentials of an instance: random, created once, never replaced.
 async fn ensure_credentials(
     s: &SharedService,
-    m: &Municipality,
+    ns: &str,
+    municipality: Option<&str>,
     ctx: &Context,
 ) -> Result<(), Error> {
-    let ns = namespace_name(m, &ctx.config);
     let name = credentials_name(s);
     if ctx
         .stores
         .secrets
-        .get(&ObjectRef::new(&name).within(&ns))
+        .get(&ObjectRef::new(&name).within(ns))
         .is_some()
     {
         return Ok(());
@@ -429,18 +573,18 @@ async fn ensure_credentials(
         .take(32)
         .map(char::from)
         .collect();
+    let mut labels = std::collections::BTreeMap::from([
+        (MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string()),
+        (SERVICE_LABEL.to_string(), s.name_any()),
+    ]);
+    if let Some(comune) = municipality {
+        labels.insert(MUNICIPALITY_LABEL.to_string(), comune.to_string());
+    }
     let secret = Secret {
         metadata: ObjectMeta {
             name: Some(name),
-            namespace: Some(ns.clone()),
-            labels: Some(
-                [
-                    (MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string()),
-                    (SERVICE_LABEL.to_string(), s.name_any()),
-                    (MUNICIPALITY_LABEL.to_string(), m.name_any()),
-                ]
-                .into(),
-            ),
+            namespace: Some(ns.to_string()),
+            labels: Some(labels),
             ..Default::default()
         },
         data: Some(
@@ -453,7 +597,7 @@ async fn ensure_credentials(
         ..Default::default()
     };
     ctx.metrics.wrote("Secret");
-    match Api::<Secret>::namespaced(ctx.client.clone(), &ns)
+    match Api::<Secret>::namespaced(ctx.client.clone(), ns)
         .create(&PostParams::default(), &secret)
         .await
     {
@@ -464,26 +608,45 @@ async fn ensure_credentials(
     }
 }
 
-/// Removes the instances of comuni that no longer get the service; their volumes (and the
-/// credentials that go with the data) are kept and labelled orphaned, unless the service says
-/// `reclaimPolicy: Delete`.
-async fn prune(s: &SharedService, comuni: &[Municipality], ctx: &Context) -> Result<(), Error> {
-    let keep: BTreeSet<String> = comuni
-        .iter()
-        .map(|m| namespace_name(m, &ctx.config))
-        .collect();
+/// The namespaces where the service has something: instances, access points, subscriptions.
+fn namespaces_in_use(s: &SharedService, ctx: &Context) -> BTreeSet<String> {
     let name = s.name_any();
-    let leaving: Vec<String> = ctx
-        .stores
-        .deployments
-        .state()
-        .iter()
-        .filter(|d| d.labels().get(SERVICE_LABEL) == Some(&name))
-        .filter_map(|d| d.namespace())
-        .filter(|ns| !keep.contains(ns))
-        .collect();
-    for ns in leaving {
-        remove_instance(s, &ns, ctx).await?;
+    let mut found = BTreeSet::new();
+    let mut take = |labels: &std::collections::BTreeMap<String, String>, ns: Option<String>| {
+        if labels.get(SERVICE_LABEL) == Some(&name)
+            && let Some(ns) = ns
+        {
+            found.insert(ns);
+        }
+    };
+    for d in ctx.stores.deployments.state() {
+        take(d.labels(), d.namespace());
+    }
+    for svc in ctx.stores.services.state() {
+        take(svc.labels(), svc.namespace());
+    }
+    for c in ctx.stores.config_maps.state() {
+        take(c.labels(), c.namespace());
+    }
+    for p in ctx.stores.network_policies.state() {
+        take(p.labels(), p.namespace());
+    }
+    let label = subscriber_label(s);
+    for n in ctx.stores.namespaces.state() {
+        if n.labels().contains_key(&label) {
+            found.insert(n.name_any());
+        }
+    }
+    found
+}
+
+/// Removes what the service has in namespaces other than `keep` (comuni that no longer get it,
+/// or every one when the service goes); volumes (and the credentials that go with the data) are
+/// kept and labelled orphaned, unless the service says `reclaimPolicy: Delete`.
+async fn prune(s: &SharedService, keep: BTreeSet<String>, ctx: &Context) -> Result<(), Error> {
+    let name = s.name_any();
+    for ns in namespaces_in_use(s, ctx).difference(&keep) {
+        remove_instance(s, ns, ctx).await?;
     }
     // Comuni that still list the service in their status no longer get it.
     let listed: Vec<Municipality> = ctx
@@ -508,13 +671,16 @@ async fn prune(s: &SharedService, comuni: &[Municipality], ctx: &Context) -> Res
 
 async fn remove_instance(s: &SharedService, ns: &str, ctx: &Context) -> Result<(), Error> {
     let name = s.name_any();
+    let config_map = ApiResource::erase::<ConfigMap>(&());
     for (resource, object) in [
         (ApiResource::erase::<Deployment>(&()), name.clone()),
         (ApiResource::erase::<Service>(&()), name.clone()),
         (ApiResource::erase::<Ingress>(&()), name.clone()),
+        (config_map.clone(), format!("{name}-settings")),
+        (config_map, connection_name(s)),
         (
-            ApiResource::erase::<ConfigMap>(&()),
-            format!("{name}-settings"),
+            ApiResource::erase::<NetworkPolicy>(&()),
+            access_policy_name(s),
         ),
     ] {
         let probe = Rendered {
@@ -525,6 +691,7 @@ async fn remove_instance(s: &SharedService, ns: &str, ctx: &Context) -> Result<(
             delete(&ctx.client, &ctx.metrics, &resource, Some(ns), &object).await?;
         }
     }
+    subscribe(s, ns, false, ctx).await?;
     let reclaim = s
         .spec
         .template
@@ -532,17 +699,38 @@ async fn remove_instance(s: &SharedService, ns: &str, ctx: &Context) -> Result<(
         .as_ref()
         .map(|st| st.reclaim_policy)
         .unwrap_or_default();
-    let claim = ObjectRef::new(&volume_name(s)).within(ns);
-    let has_claim = ctx.stores.volume_claims.get(&claim).is_some();
+    let has_claim = ctx
+        .stores
+        .volume_claims
+        .get(&ObjectRef::new(&volume_name(s)).within(ns))
+        .is_some();
+    let has_secret = ctx
+        .stores
+        .secrets
+        .get(&ObjectRef::new(&credentials_name(s)).within(ns))
+        .is_some();
     if reclaim == VolumeReclaimPolicy::Delete || !has_claim {
-        for (resource, object) in [
-            (
-                ApiResource::erase::<PersistentVolumeClaim>(&()),
-                volume_name(s),
-            ),
-            (ApiResource::erase::<Secret>(&()), credentials_name(s)),
-        ] {
-            delete(&ctx.client, &ctx.metrics, &resource, Some(ns), &object).await?;
+        if has_claim {
+            let resource = ApiResource::erase::<PersistentVolumeClaim>(&());
+            delete(
+                &ctx.client,
+                &ctx.metrics,
+                &resource,
+                Some(ns),
+                &volume_name(s),
+            )
+            .await?;
+        }
+        if has_secret {
+            let resource = ApiResource::erase::<Secret>(&());
+            delete(
+                &ctx.client,
+                &ctx.metrics,
+                &resource,
+                Some(ns),
+                &credentials_name(s),
+            )
+            .await?;
         }
         return Ok(());
     }
@@ -556,6 +744,9 @@ async fn remove_instance(s: &SharedService, ns: &str, ctx: &Context) -> Result<(
             &Patch::Merge(&orphan),
         )
         .await?;
+    if !has_secret {
+        return Ok(());
+    }
     ctx.metrics.wrote("Secret");
     match Api::<Secret>::namespaced(ctx.client.clone(), ns)
         .patch(
@@ -711,13 +902,79 @@ async fn write_status(s: &SharedService, ctx: &Context, summary: Summary) -> Res
     Ok(())
 }
 
-/// The service is being deleted: every instance goes, volumes kept as the service says.
+/// The service is being deleted: every instance and access point goes, volumes kept as the
+/// service says; a shared namespace that holds kept data stays, no longer owned.
 async fn cleanup(s: &SharedService, ctx: &Context) -> Result<Action, Error> {
     if !s.finalizers().iter().any(|f| f == FINALIZER) {
         return Ok(Action::await_change());
     }
-    prune(s, &[], ctx).await?;
+    let ns = shared_namespace(s);
+    // Read before the prune, which un-manages a kept volume and so drops it from the cache.
+    let keeps_data = !is_dedicated(s)
+        && ctx
+            .stores
+            .volume_claims
+            .get(&ObjectRef::new(&volume_name(s)).within(&ns))
+            .is_some()
+        && s.spec
+            .template
+            .storage
+            .as_ref()
+            .is_some_and(|st| st.reclaim_policy != VolumeReclaimPolicy::Delete);
+    prune(s, BTreeSet::new(), ctx).await?;
+    if !is_dedicated(s) && foreign_namespace(s, &ns, ctx).await?.is_none() {
+        if keeps_data {
+            let orphan = Rendered::new(&render_shared_namespace(s, true))?;
+            apply_all(std::slice::from_ref(&orphan), ctx).await?;
+            let note = format!(
+                "namespace {ns} and its data are kept, labelled {ORPHANED_LABEL}=true (reclaimPolicy: Retain)"
+            );
+            publish(
+                ctx,
+                s,
+                EventType::Normal,
+                "NamespaceRetained",
+                "Cleanup",
+                &note,
+            )
+            .await;
+        } else {
+            let resource = ApiResource::erase::<Namespace>(&());
+            delete(&ctx.client, &ctx.metrics, &resource, None, &ns).await?;
+        }
+    }
     set_finalizer(s, FINALIZER, false, ctx).await?;
     ctx.metrics.forget_service(&s.name_any());
     Ok(Action::await_change())
+}
+
+/// What the status of a Shared service says: one instance, serving every selected comune.
+fn summarize_shared(s: &SharedService, ns: &str, state: InstanceState) -> Summary {
+    let ready = usize::from(state == InstanceState::Available);
+    let message = match state {
+        InstanceState::Available => format!("the instance in {ns} is Available"),
+        InstanceState::QuotaExceeded => {
+            format!("the instance in {ns} does not fit its namespace's quota")
+        }
+        _ => format!("the instance in {ns} is not Available yet"),
+    };
+    Summary {
+        desired: 1,
+        ready,
+        ready_condition: if ready == 1 {
+            (true, "Available", message)
+        } else {
+            (false, "InstancesNotReady", message)
+        },
+        not_ready: vec![],
+        rollout: Some(RolloutStatus {
+            target_version: template_version(s, None),
+            updated: i32::from(!matches!(
+                state,
+                InstanceState::Outdated | InstanceState::Missing
+            )),
+            total: 1,
+        }),
+        halted: (state == InstanceState::Stalled).then(|| vec![ns.to_string()]),
+    }
 }

@@ -4,6 +4,7 @@
 pub mod municipality;
 mod network;
 pub mod service;
+pub mod shared;
 pub mod template;
 
 use std::collections::BTreeMap;

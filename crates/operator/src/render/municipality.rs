@@ -80,7 +80,9 @@ pub fn render_municipality(
         Rendered::new(&render_quota(m, &ns, owner))?,
         Rendered::new(&render_limit_range(&ns, owner))?,
     ];
-    for policy in network::render_network_policies(m, &ns, config, owner) {
+    for policy in
+        network::render_network_policies(m.spec.network.allow_internet_egress, &ns, config, owner)
+    {
         out.push(Rendered::new(&policy)?);
     }
     let bindings = [
@@ -161,7 +163,7 @@ fn render_quota(m: &Municipality, ns: &str, owner: (&str, &str)) -> ResourceQuot
 
 /// Defaults for containers that say nothing of their resources, so they are admitted under the
 /// quota (which requires requests and limits).
-fn render_limit_range(ns: &str, owner: (&str, &str)) -> LimitRange {
+pub(super) fn render_limit_range(ns: &str, owner: (&str, &str)) -> LimitRange {
     let pair = |cpu: &str, memory: &str| {
         Some(BTreeMap::from([
             ("cpu".to_string(), quantity(cpu)),
@@ -336,7 +338,7 @@ spec:
     #[test]
     fn internet_egress_never_reaches_private_ranges_where_other_comuni_live() {
         let policies = network::render_network_policies(
-            &from_yaml(LUGANO),
+            from_yaml(LUGANO).spec.network.allow_internet_egress,
             "comune-lugano",
             &Config::default(),
             (MUNICIPALITY_LABEL, "lugano"),
@@ -362,7 +364,7 @@ spec:
     #[test]
     fn default_deny_covers_both_directions() {
         let policies = network::render_network_policies(
-            &from_yaml(LUGANO),
+            from_yaml(LUGANO).spec.network.allow_internet_egress,
             "ns",
             &Config::default(),
             (MUNICIPALITY_LABEL, "lugano"),

@@ -2,7 +2,6 @@
 
 use std::collections::BTreeMap;
 
-use consorzio_api::Municipality;
 use k8s_openapi::{
     api::networking::v1::{
         IPBlock, NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule,
@@ -72,9 +71,10 @@ fn same_namespace_peer() -> NetworkPolicyPeer {
     }
 }
 
-/// The network policies of a comune's namespace.
+/// The network policies of a comune's (or a shared service's) namespace; `internet` opens
+/// egress to public addresses.
 pub fn render_network_policies(
-    m: &Municipality,
+    internet: bool,
     ns: &str,
     config: &Config,
     owner: (&str, &str),
@@ -142,7 +142,7 @@ pub fn render_network_policies(
             None,
         ),
     ];
-    if m.spec.network.allow_internet_egress {
+    if internet {
         let block = |cidr: &str, except: &[&str]| NetworkPolicyPeer {
             ip_block: Some(IPBlock {
                 cidr: cidr.into(),

@@ -19,12 +19,12 @@ use k8s_openapi::{
             IngressServiceBackend, IngressSpec, IngressTLS, ServiceBackendPort,
         },
     },
-    apimachinery::pkg::{
-        apis::meta::v1::{LabelSelector, LabelSelectorRequirement},
-        util::intstr::IntOrString,
-    },
+    apimachinery::pkg::{apis::meta::v1::LabelSelector, util::intstr::IntOrString},
 };
-use kube::{ResourceExt, core::ObjectMeta};
+use kube::{
+    ResourceExt,
+    core::{ObjectMeta, Selector, SelectorExt},
+};
 
 use super::{
     Config, MANAGED_BY, MUNICIPALITY_LABEL, Rendered,
@@ -68,34 +68,8 @@ pub fn selects(s: &SharedService, m: &Municipality) -> bool {
     };
     let mut labels = m.labels().clone();
     labels.extend(municipality_labels(m));
-    selector_matches(selector, &labels)
-}
-
-fn selector_matches(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
-    let by_labels = selector
-        .match_labels
-        .iter()
-        .flatten()
-        .all(|(k, v)| labels.get(k) == Some(v));
-    by_labels
-        && selector
-            .match_expressions
-            .iter()
-            .flatten()
-            .all(|e| expression_matches(e, labels))
-}
-
-fn expression_matches(e: &LabelSelectorRequirement, labels: &BTreeMap<String, String>) -> bool {
-    let value = labels.get(&e.key);
-    let values = e.values.as_deref().unwrap_or_default();
-    match e.operator.as_str() {
-        "In" => value.is_some_and(|v| values.contains(v)),
-        "NotIn" => value.is_none_or(|v| !values.contains(v)),
-        "Exists" => value.is_some(),
-        "DoesNotExist" => value.is_none(),
-        // The API server refuses other operators in a LabelSelector; match nothing to be safe.
-        _ => false,
-    }
+    // The API server refuses malformed selectors; should one get through, it selects nothing.
+    Selector::try_from(selector.clone()).is_ok_and(|sel| sel.matches(&labels))
 }
 
 /// A short, stable fingerprint of everything in the template that changes the pods: the
@@ -118,7 +92,7 @@ pub fn template_version(s: &SharedService, comune: Option<&str>) -> String {
     format!("{tag}-{:08x}", hash as u32)
 }
 
-fn labels(s: &SharedService, municipality: Option<&str>) -> BTreeMap<String, String> {
+pub(crate) fn labels(s: &SharedService, municipality: Option<&str>) -> BTreeMap<String, String> {
     let mut labels = BTreeMap::from([
         (MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string()),
         (SERVICE_LABEL.to_string(), s.name_any()),
@@ -130,7 +104,7 @@ fn labels(s: &SharedService, municipality: Option<&str>) -> BTreeMap<String, Str
     labels
 }
 
-fn meta(name: String, ns: &str, labels: BTreeMap<String, String>) -> ObjectMeta {
+pub(crate) fn meta(name: String, ns: &str, labels: BTreeMap<String, String>) -> ObjectMeta {
     ObjectMeta {
         name: Some(name),
         namespace: Some(ns.to_string()),
@@ -157,7 +131,6 @@ pub fn render_dedicated(
     config: &Config,
 ) -> Result<Vec<Rendered>, ServiceRenderError> {
     let comune = m.name_any();
-    let ns = namespace_name(m, config);
     let filled = |text: &str| {
         fill(text, m, config).map_err(|source| ServiceRenderError::Template {
             municipality: comune.clone(),
@@ -179,76 +152,97 @@ pub fn render_dedicated(
         .as_ref()
         .map(|i| filled(&i.host))
         .transpose()?;
-    let url = host.as_ref().map(|h| {
-        let scheme = if s
-            .spec
-            .ingress
-            .as_ref()
-            .is_some_and(|i| i.tls_secret_name.is_some())
-        {
-            "https"
-        } else {
-            "http"
-        };
-        format!("{scheme}://{h}")
-    });
-    let replicas = if s.spec.suspended {
-        0
-    } else {
-        o.and_then(|o| o.replicas).unwrap_or(t.replicas)
+    let instance = Instance {
+        namespace: namespace_name(m, config),
+        municipality: Some(comune.clone()),
+        env,
+        host,
+        replicas: o.and_then(|o| o.replicas).unwrap_or(t.replicas),
+        resources: o
+            .and_then(|o| o.resources.clone())
+            .or_else(|| t.resources.clone()),
+        version: template_version(s, Some(&comune)),
     };
-    let resources = o
-        .and_then(|o| o.resources.clone())
-        .or_else(|| t.resources.clone());
-    let name = s.name_any();
-    let labels = labels(s, Some(&comune));
-    let version = template_version(s, Some(&comune));
+    Ok(render_instance(s, instance, config)?)
+}
 
-    let mut settings = BTreeMap::from([
-        ("CONSORZIO_MUNICIPALITY".to_string(), comune.clone()),
-        ("CONSORZIO_SERVICE".to_string(), name.clone()),
-    ]);
-    if let Some(url) = &url {
-        settings.insert("CONSORZIO_URL".into(), url.clone());
+/// Where an instance runs and what it is given: a Dedicated instance is a comune's, a Shared one
+/// (`municipality: None`) serves every selected comune.
+pub(crate) struct Instance {
+    pub namespace: String,
+    pub municipality: Option<String>,
+    pub env: BTreeMap<String, String>,
+    pub host: Option<String>,
+    pub replicas: i32,
+    pub resources: Option<k8s_openapi::api::core::v1::ResourceRequirements>,
+    pub version: String,
+}
+
+/// The URL of a service behind its ingress host.
+pub(crate) fn public_url(s: &SharedService, host: &str) -> String {
+    let tls = s
+        .spec
+        .ingress
+        .as_ref()
+        .is_some_and(|i| i.tls_secret_name.is_some());
+    format!("{}://{host}", if tls { "https" } else { "http" })
+}
+
+/// The settings ConfigMap, Deployment, Service, Ingress and volume claim of an instance.
+pub(crate) fn render_instance(
+    s: &SharedService,
+    i: Instance,
+    config: &Config,
+) -> Result<Vec<Rendered>, serde_json::Error> {
+    let t = &s.spec.template;
+    let ns = &i.namespace;
+    let name = s.name_any();
+    let labels = labels(s, i.municipality.as_deref());
+    let replicas = if s.spec.suspended { 0 } else { i.replicas };
+
+    let mut settings = BTreeMap::from([("CONSORZIO_SERVICE".to_string(), name.clone())]);
+    if let Some(comune) = &i.municipality {
+        settings.insert("CONSORZIO_MUNICIPALITY".into(), comune.clone());
+    }
+    if let Some(host) = &i.host {
+        settings.insert("CONSORZIO_URL".into(), public_url(s, host));
     }
     let settings_map = ConfigMap {
-        metadata: meta(format!("{name}-settings"), &ns, labels.clone()),
+        metadata: meta(format!("{name}-settings"), ns, labels.clone()),
         data: Some(settings),
         ..Default::default()
     };
 
     let mut out = vec![Rendered::new(&settings_map)?];
+    let mut selector = BTreeMap::from([(SERVICE_LABEL.to_string(), name.clone())]);
+    if let Some(comune) = &i.municipality {
+        selector.insert(MUNICIPALITY_LABEL.to_string(), comune.clone());
+    }
     let deployment = Deployment {
         metadata: ObjectMeta {
             annotations: Some(BTreeMap::from([(
                 VERSION_ANNOTATION.into(),
-                version.clone(),
+                i.version.clone(),
             )])),
-            ..meta(name.clone(), &ns, labels.clone())
+            ..meta(name.clone(), ns, labels.clone())
         },
         spec: Some(DeploymentSpec {
             replicas: Some(replicas),
             progress_deadline_seconds: Some(s.spec.rollout.progress_deadline_seconds),
             selector: LabelSelector {
-                match_labels: Some(BTreeMap::from([
-                    (SERVICE_LABEL.to_string(), name.clone()),
-                    (MUNICIPALITY_LABEL.to_string(), comune.clone()),
-                ])),
+                match_labels: Some(selector.clone()),
                 ..Default::default()
             },
-            template: pod_template(s, &labels, &version, env, resources, config),
+            template: pod_template(s, &labels, &i.version, i.env, i.resources, config),
             ..Default::default()
         }),
         ..Default::default()
     };
     out.push(Rendered::new(&deployment)?);
     out.push(Rendered::new(&Service {
-        metadata: meta(name.clone(), &ns, labels.clone()),
+        metadata: meta(name.clone(), ns, labels.clone()),
         spec: Some(ServiceSpec {
-            selector: deployment
-                .spec
-                .as_ref()
-                .and_then(|d| d.selector.match_labels.clone()),
+            selector: Some(selector),
             ports: Some(vec![ServicePort {
                 name: Some("http".into()),
                 port: t.port,
@@ -259,14 +253,14 @@ pub fn render_dedicated(
         }),
         ..Default::default()
     })?);
-    if let (Some(ingress), Some(host)) = (&s.spec.ingress, host) {
+    if let (Some(ingress), Some(host)) = (&s.spec.ingress, i.host) {
         out.push(Rendered::new(&render_ingress(
-            &name, &ns, &labels, ingress, host, t.port,
+            &name, ns, &labels, ingress, host, t.port,
         ))?);
     }
     if let Some(storage) = &t.storage {
         out.push(Rendered::new(&PersistentVolumeClaim {
-            metadata: meta(volume_name(s), &ns, labels.clone()),
+            metadata: meta(volume_name(s), ns, labels.clone()),
             spec: Some(PersistentVolumeClaimSpec {
                 access_modes: Some(vec!["ReadWriteOnce".into()]),
                 resources: Some(VolumeResourceRequirements {
@@ -453,6 +447,8 @@ pub fn is_dedicated(s: &SharedService) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+
     use super::*;
 
     fn service(yaml: &str) -> SharedService {

@@ -1,0 +1,395 @@
+//! What a SharedService of `Shared` tenancy becomes: one instance in its own isolated namespace,
+//! `shared-<service>`, and an access point in each selected comune's namespace.
+
+use std::collections::BTreeMap;
+
+use consorzio_api::{Municipality, SharedService};
+use k8s_openapi::{
+    api::{
+        core::v1::{
+            ConfigMap, Namespace, ResourceQuota, ResourceQuotaSpec, Service, ServicePort,
+            ServiceSpec,
+        },
+        networking::v1::{
+            NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPeer,
+            NetworkPolicyPort, NetworkPolicySpec,
+        },
+    },
+    apimachinery::pkg::{
+        api::resource::Quantity, apis::meta::v1::LabelSelector, util::intstr::IntOrString,
+    },
+};
+use kube::{ResourceExt, core::ObjectMeta};
+
+use super::{
+    Config, MANAGED_BY, ORPHANED_LABEL, Rendered, managed_meta,
+    municipality::{namespace_name, render_limit_range},
+    network::render_network_policies,
+    owner_reference,
+    service::{
+        Instance, SERVICE_LABEL, labels, meta, public_url, render_instance, template_version,
+    },
+};
+
+/// Prefix of the label a comune's namespace carries for each Shared service it subscribes to,
+/// e.g. `services.consorzio.io/sit: "true"`: the shared instance admits traffic from those only.
+pub const SUBSCRIBER_LABEL_PREFIX: &str = "services.consorzio.io/";
+/// The policy of the shared namespace that admits the subscribed comuni.
+pub const SUBSCRIBERS_POLICY: &str = "consorzio-allow-subscribers";
+
+/// The namespace of a Shared service's instance.
+pub fn shared_namespace(s: &SharedService) -> String {
+    format!("shared-{}", s.name_any())
+}
+
+/// The namespace label that subscribes a comune to `s`.
+pub fn subscriber_label(s: &SharedService) -> String {
+    format!("{SUBSCRIBER_LABEL_PREFIX}{}", s.name_any())
+}
+
+/// The name of a comune's access point settings.
+pub fn connection_name(s: &SharedService) -> String {
+    format!("{}-connection", s.name_any())
+}
+
+/// The name of the egress policy that opens a comune to a Shared service.
+pub fn access_policy_name(s: &SharedService) -> String {
+    format!("consorzio-allow-{}", s.name_any())
+}
+
+/// Selects the pods of a service's instance.
+fn instance_pods(s: &SharedService) -> LabelSelector {
+    LabelSelector {
+        match_labels: Some(BTreeMap::from([(SERVICE_LABEL.to_string(), s.name_any())])),
+        ..Default::default()
+    }
+}
+
+fn tcp(port: i32) -> Option<Vec<NetworkPolicyPort>> {
+    Some(vec![NetworkPolicyPort {
+        port: Some(IntOrString::Int(port)),
+        protocol: Some("TCP".into()),
+        ..Default::default()
+    }])
+}
+
+/// The shared namespace with the isolation of a comune's (Pod Security `restricted`, a quota with
+/// no NodePort or LoadBalancer Services, default limits, deny-by-default network policies), and
+/// the instance in it. `orphaned` renders the namespace as it is left when the service is deleted
+/// and its data kept.
+pub fn render_shared(
+    s: &SharedService,
+    config: &Config,
+) -> Result<Vec<Rendered>, serde_json::Error> {
+    let ns = shared_namespace(s);
+    let name = s.name_any();
+    let owner = (SERVICE_LABEL, name.as_str());
+    let t = &s.spec.template;
+    let mut out = vec![
+        Rendered::new(&render_shared_namespace(s, false))?,
+        Rendered::new(&ResourceQuota {
+            metadata: managed_meta("consorzio-quota", Some(&ns), owner),
+            spec: Some(ResourceQuotaSpec {
+                hard: Some(BTreeMap::from([
+                    ("services.nodeports".into(), Quantity("0".into())),
+                    ("services.loadbalancers".into(), Quantity("0".into())),
+                ])),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })?,
+        Rendered::new(&render_limit_range(&ns, owner))?,
+    ];
+    for policy in render_network_policies(false, &ns, config, owner) {
+        out.push(Rendered::new(&policy)?);
+    }
+    out.push(Rendered::new(&NetworkPolicy {
+        metadata: managed_meta(SUBSCRIBERS_POLICY, Some(&ns), owner),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(instance_pods(s)),
+            policy_types: Some(vec!["Ingress".into()]),
+            ingress: Some(vec![NetworkPolicyIngressRule {
+                from: Some(vec![NetworkPolicyPeer {
+                    namespace_selector: Some(LabelSelector {
+                        match_labels: Some(BTreeMap::from([(subscriber_label(s), "true".into())])),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }]),
+                ports: tcp(t.port),
+            }]),
+            egress: None,
+        }),
+    })?);
+    // One instance for every comune: the template's values as they are (the API refuses
+    // placeholders in a Shared service).
+    let instance = Instance {
+        namespace: ns,
+        municipality: None,
+        env: t
+            .env
+            .iter()
+            .map(|v| (v.name.clone(), v.value.clone()))
+            .collect(),
+        host: s.spec.ingress.as_ref().map(|i| i.host.clone()),
+        replicas: t.replicas,
+        resources: t.resources.clone(),
+        version: template_version(s, None),
+    };
+    out.extend(render_instance(s, instance, config)?);
+    Ok(out)
+}
+
+/// The shared namespace, owned by the SharedService (or, `orphaned`, left behind with its data).
+pub fn render_shared_namespace(s: &SharedService, orphaned: bool) -> Namespace {
+    let mut labels = BTreeMap::from([
+        (MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string()),
+        (SERVICE_LABEL.to_string(), s.name_any()),
+    ]);
+    for mode in ["enforce", "audit", "warn"] {
+        labels.insert(
+            format!("pod-security.kubernetes.io/{mode}"),
+            "restricted".into(),
+        );
+    }
+    if orphaned {
+        labels.insert(ORPHANED_LABEL.into(), "true".into());
+    }
+    Namespace {
+        metadata: ObjectMeta {
+            name: Some(shared_namespace(s)),
+            labels: Some(labels),
+            owner_references: owner_reference(s).filter(|_| !orphaned).map(|r| vec![r]),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+/// A comune's access point to a Shared service, in the comune's namespace: a Service named after
+/// the SharedService that resolves to the shared instance, its connection settings, and the
+/// egress policy that opens the comune to the instance's pods and port, and nothing else of the
+/// shared namespace.
+pub fn render_access_point(
+    s: &SharedService,
+    m: &Municipality,
+    config: &Config,
+) -> Result<Vec<Rendered>, serde_json::Error> {
+    let ns = namespace_name(m, config);
+    let name = s.name_any();
+    let comune = m.name_any();
+    let labels = labels(s, Some(&comune));
+    let port = s.spec.template.port;
+    let mut settings = BTreeMap::from([
+        ("CONSORZIO_SERVICE".to_string(), name.clone()),
+        ("CONSORZIO_TENANT_ID".to_string(), comune.clone()),
+        (
+            "CONSORZIO_URL".to_string(),
+            format!("http://{name}.{ns}.svc:{port}"),
+        ),
+    ]);
+    if let Some(ingress) = &s.spec.ingress {
+        settings.insert("CONSORZIO_PUBLIC_URL".into(), public_url(s, &ingress.host));
+    }
+    let access_service = Service {
+        metadata: meta(name.clone(), &ns, labels.clone()),
+        spec: Some(ServiceSpec {
+            type_: Some("ExternalName".into()),
+            external_name: Some(format!("{name}.{}.svc.cluster.local", shared_namespace(s))),
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                port,
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let policy = NetworkPolicy {
+        metadata: meta(access_policy_name(s), &ns, labels.clone()),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(LabelSelector::default()),
+            policy_types: Some(vec!["Egress".into()]),
+            ingress: None,
+            egress: Some(vec![NetworkPolicyEgressRule {
+                to: Some(vec![NetworkPolicyPeer {
+                    namespace_selector: Some(LabelSelector {
+                        match_labels: Some(BTreeMap::from([(
+                            "kubernetes.io/metadata.name".into(),
+                            shared_namespace(s),
+                        )])),
+                        ..Default::default()
+                    }),
+                    pod_selector: Some(instance_pods(s)),
+                    ..Default::default()
+                }]),
+                ports: tcp(port),
+            }]),
+        }),
+    };
+    Ok(vec![
+        Rendered::new(&ConfigMap {
+            metadata: meta(connection_name(s), &ns, labels.clone()),
+            data: Some(settings),
+            ..Default::default()
+        })?,
+        Rendered::new(&access_service)?,
+        Rendered::new(&policy)?,
+    ])
+}
+
+/// The label that subscribes a comune's namespace to `s`, applied under a field manager of the
+/// service's own, so that it never disturbs the labels the Municipality controller owns.
+pub fn render_subscription(
+    s: &SharedService,
+    m: &Municipality,
+    config: &Config,
+    subscribed: bool,
+) -> Result<Rendered, serde_json::Error> {
+    let labels = subscribed.then(|| BTreeMap::from([(subscriber_label(s), "true".to_string())]));
+    Rendered::new(&Namespace {
+        metadata: ObjectMeta {
+            name: Some(namespace_name(m, config)),
+            labels,
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SIT: &str = r#"
+apiVersion: consorzio.io/v1alpha1
+kind: SharedService
+metadata: {name: sit, uid: 5e1c1f0a-0000-4000-8000-000000000009}
+spec:
+  displayName: SIT
+  tenancy: Shared
+  municipalities: {selector: {matchLabels: {consorzio.io/union: alto-sangro}}}
+  template:
+    image: docker.osgeo.org/geoserver:2.26.1
+    port: 8080
+    storage: {size: 50Gi, mountPath: /data}
+  ingress: {host: sit.altosangro.example.it, tlsSecretName: sit-tls}
+"#;
+
+    fn sit() -> SharedService {
+        serde_yaml::from_str(SIT).unwrap()
+    }
+
+    fn roccaraso() -> Municipality {
+        serde_yaml::from_str(
+            "apiVersion: consorzio.io/v1alpha1\nkind: Municipality\nmetadata: {name: roccaraso}\n\
+             spec: {displayName: Roccaraso, country: IT, istatCode: \"066080\", belfioreCode: H434, province: AQ, region: Abruzzo, union: alto-sangro}\n",
+        )
+        .unwrap()
+    }
+
+    fn json(r: &Rendered) -> serde_json::Value {
+        serde_json::to_value(&r.object).unwrap()
+    }
+
+    #[test]
+    fn one_isolated_namespace_holds_the_instance() {
+        let objects = render_shared(&sit(), &Config::default()).unwrap();
+        let names: Vec<String> = objects.iter().map(Rendered::describe).collect();
+        assert_eq!(
+            names,
+            [
+                "Namespace shared-sit",
+                "ResourceQuota shared-sit/consorzio-quota",
+                "LimitRange shared-sit/consorzio-limits",
+                "NetworkPolicy shared-sit/consorzio-default-deny",
+                "NetworkPolicy shared-sit/consorzio-allow-dns",
+                "NetworkPolicy shared-sit/consorzio-allow-same-namespace",
+                "NetworkPolicy shared-sit/consorzio-allow-ingress-controller",
+                "NetworkPolicy shared-sit/consorzio-allow-subscribers",
+                "ConfigMap shared-sit/sit-settings",
+                "Deployment shared-sit/sit",
+                "Service shared-sit/sit",
+                "Ingress shared-sit/sit",
+                "PersistentVolumeClaim shared-sit/sit-data",
+            ]
+        );
+        let ns = json(&objects[0]);
+        assert_eq!(
+            ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"],
+            "restricted"
+        );
+        assert_eq!(
+            ns["metadata"]["ownerReferences"][0]["kind"],
+            "SharedService"
+        );
+        let subscribers = json(&objects[7]);
+        assert_eq!(
+            subscribers["spec"]["ingress"][0]["from"][0]["namespaceSelector"]["matchLabels"]["services.consorzio.io/sit"],
+            "true"
+        );
+        assert_eq!(subscribers["spec"]["ingress"][0]["ports"][0]["port"], 8080);
+        let settings = json(&objects[8]);
+        assert_eq!(
+            settings["data"]["CONSORZIO_URL"],
+            "https://sit.altosangro.example.it"
+        );
+        assert!(settings["data"].get("CONSORZIO_MUNICIPALITY").is_none());
+    }
+
+    #[test]
+    fn orphaned_namespace_loses_its_owner() {
+        let ns = render_shared_namespace(&sit(), true);
+        assert!(ns.metadata.owner_references.is_none());
+        assert_eq!(ns.labels()[ORPHANED_LABEL], "true");
+    }
+
+    #[test]
+    fn access_point_resolves_to_the_shared_instance_and_opens_only_to_it() {
+        let objects = render_access_point(&sit(), &roccaraso(), &Config::default()).unwrap();
+        let names: Vec<String> = objects.iter().map(Rendered::describe).collect();
+        assert_eq!(
+            names,
+            [
+                "ConfigMap comune-roccaraso/sit-connection",
+                "Service comune-roccaraso/sit",
+                "NetworkPolicy comune-roccaraso/consorzio-allow-sit",
+            ]
+        );
+        let connection = json(&objects[0]);
+        assert_eq!(connection["data"]["CONSORZIO_TENANT_ID"], "roccaraso");
+        assert_eq!(
+            connection["data"]["CONSORZIO_URL"],
+            "http://sit.comune-roccaraso.svc:8080"
+        );
+        let service = json(&objects[1]);
+        assert_eq!(service["spec"]["type"], "ExternalName");
+        assert_eq!(
+            service["spec"]["externalName"],
+            "sit.shared-sit.svc.cluster.local"
+        );
+        let egress = &json(&objects[2])["spec"]["egress"][0];
+        assert_eq!(
+            egress["to"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+            "shared-sit"
+        );
+        assert_eq!(
+            egress["to"][0]["podSelector"]["matchLabels"]["consorzio.io/service"],
+            "sit"
+        );
+        assert_eq!(egress["ports"][0]["port"], 8080);
+    }
+
+    #[test]
+    fn subscription_is_one_namespace_label() {
+        let on =
+            json(&render_subscription(&sit(), &roccaraso(), &Config::default(), true).unwrap());
+        assert_eq!(
+            on["metadata"]["labels"]["services.consorzio.io/sit"],
+            "true"
+        );
+        let off =
+            json(&render_subscription(&sit(), &roccaraso(), &Config::default(), false).unwrap());
+        assert!(off["metadata"].get("labels").is_none());
+    }
+}
