@@ -6,70 +6,25 @@ mod support;
 use std::time::Duration;
 
 use anyhow::{Context as _, ensure};
-use consorzio_api::{SharedService, SharedServiceStatus};
-use consorzio_testkit::{Env, TIMEOUT, example_manifests, run, unique_name, wait_for, wait_gone};
+use consorzio_api::SharedService;
+use consorzio_testkit::{Env, TIMEOUT, run, unique_name, wait_for, wait_gone};
 use k8s_openapi::api::{
     apps::v1::Deployment,
     core::v1::{PersistentVolumeClaim, Secret},
 };
-use kube::{
-    Api, ResourceExt,
-    api::{Patch, PatchParams},
-};
+use kube::{Api, ResourceExt};
 use serde_json::json;
-use support::{Operator, comune, exclusive, onboard, remove};
+use support::{
+    Operator, apply_service, catalogue_service, comune, exclusive, onboard, remove, remove_service,
+    wait_status,
+};
 
 /// The catalogue's website, renamed and offered to the comuni of `union`.
 fn website(union: &str) -> anyhow::Result<SharedService> {
-    let mut value = example_manifests()?
-        .into_iter()
-        .find(|v| v["metadata"]["name"] == "sito-comunale")
-        .context("sito-comunale in the catalogue")?;
-    value["metadata"] = json!({"name": unique_name("sito")});
-    value["spec"]["municipalities"] =
-        json!({"selector": {"matchLabels": {"consorzio.io/union": union}}});
-    Ok(serde_json::from_value(value)?)
-}
-
-async fn apply_service(env: &Env, s: &SharedService) -> anyhow::Result<()> {
-    let api = Api::<SharedService>::all(env.client());
-    let mut body = serde_json::to_value(s)?;
-    body["metadata"] = json!({"name": s.name_any()});
-    body.as_object_mut().context("object")?.remove("status");
-    let applied = api
-        .patch(
-            &s.name_any(),
-            &PatchParams::apply("consorzio-tests").force(),
-            &Patch::Apply(&body),
-        )
-        .await?;
-    env.delete_later(&applied);
-    Ok(())
-}
-
-async fn wait_status(
-    env: &Env,
-    name: &str,
-    what: &str,
-    check: impl Fn(&SharedServiceStatus) -> bool,
-) -> anyhow::Result<SharedServiceStatus> {
-    let api = Api::<SharedService>::all(env.client());
-    wait_for(
-        &format!("SharedService {name}: {what}"),
-        TIMEOUT,
-        || async {
-            let status = api.get(name).await?.status.unwrap_or_default();
-            ensure!(check(&status), "{}", serde_json::to_string(&status)?);
-            Ok(status)
-        },
+    catalogue_service(
+        "sito-comunale",
+        json!({"selector": {"matchLabels": {"consorzio.io/union": union}}}),
     )
-    .await
-}
-
-async fn remove_service(env: &Env, name: &str) -> anyhow::Result<()> {
-    let api = Api::<SharedService>::all(env.client());
-    api.delete(name, &Default::default()).await?;
-    wait_gone(&api, name, TIMEOUT).await
 }
 
 #[tokio::test]

@@ -18,6 +18,7 @@
 mod cluster;
 mod crds;
 mod manifests;
+pub mod netpol;
 mod wait;
 
 pub use cluster::{Cluster, kubectl};

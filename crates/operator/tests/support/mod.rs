@@ -10,14 +10,17 @@ use consorzio::{
     metrics::Metrics,
     render::Config,
 };
-use consorzio_api::Municipality;
-use consorzio_testkit::{Env, TIMEOUT, install_crds, unique_name, wait_for, wait_gone};
+use consorzio_api::{Municipality, SharedService, SharedServiceStatus};
+use consorzio_testkit::{
+    Env, TIMEOUT, example_manifests, install_crds, unique_name, wait_for, wait_gone,
+};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::{
     Api, ResourceExt,
     api::{Patch, PatchParams},
     core::ApiResource,
 };
+use serde_json::json;
 use tokio::{sync::oneshot, task::JoinHandle};
 
 /// Tests in one binary share the cluster's Municipalities: only one operator may run at a time.
@@ -197,4 +200,62 @@ pub async fn onboard(env: &Env, m: &Municipality) -> anyhow::Result<(String, Str
     let name = m.name_any();
     wait_ready(env, &name, "True").await?;
     Ok((name.clone(), format!("comune-{name}")))
+}
+
+/// A service of the deploy/examples catalogue, renamed uniquely and offered to `municipalities`.
+pub fn catalogue_service(
+    name: &str,
+    municipalities: serde_json::Value,
+) -> anyhow::Result<SharedService> {
+    let mut value = example_manifests()?
+        .into_iter()
+        .find(|v| v["kind"] == "SharedService" && v["metadata"]["name"] == name)
+        .with_context(|| format!("{name} in the catalogue"))?;
+    value["metadata"] = json!({"name": unique_name(name)});
+    value["spec"]["municipalities"] = municipalities;
+    Ok(serde_json::from_value(value)?)
+}
+
+/// Applies a SharedService (server-side, as a user would) and registers it for clean-up.
+pub async fn apply_service(env: &Env, s: &SharedService) -> anyhow::Result<()> {
+    let api = Api::<SharedService>::all(env.client());
+    let mut body = serde_json::to_value(s)?;
+    body["metadata"] = json!({"name": s.name_any()});
+    body.as_object_mut().context("object")?.remove("status");
+    let applied = api
+        .patch(
+            &s.name_any(),
+            &PatchParams::apply("consorzio-tests").force(),
+            &Patch::Apply(&body),
+        )
+        .await?;
+    env.delete_later(&applied);
+    Ok(())
+}
+
+/// Waits until the SharedService's status passes `check`.
+pub async fn wait_status(
+    env: &Env,
+    name: &str,
+    what: &str,
+    check: impl Fn(&SharedServiceStatus) -> bool,
+) -> anyhow::Result<SharedServiceStatus> {
+    let api = Api::<SharedService>::all(env.client());
+    wait_for(
+        &format!("SharedService {name}: {what}"),
+        TIMEOUT,
+        || async {
+            let status = api.get(name).await?.status.unwrap_or_default();
+            ensure!(check(&status), "{}", serde_json::to_string(&status)?);
+            Ok(status)
+        },
+    )
+    .await
+}
+
+/// Deletes a SharedService and waits until it is gone (its finalizer done).
+pub async fn remove_service(env: &Env, name: &str) -> anyhow::Result<()> {
+    let api = Api::<SharedService>::all(env.client());
+    api.delete(name, &Default::default()).await?;
+    wait_gone(&api, name, TIMEOUT).await
 }
