@@ -86,6 +86,12 @@ pub fn decide(
         && direction_allows(ingress, Direction::Ingress, to, from, port)
 }
 
+/// A rule's peers and ports.
+type Rule<'a> = (
+    Option<&'a Vec<NetworkPolicyPeer>>,
+    Option<&'a Vec<NetworkPolicyPort>>,
+);
+
 #[derive(Clone, Copy, PartialEq)]
 enum Direction {
     Ingress,
@@ -123,10 +129,7 @@ fn direction_allows(
         }
         governed = true;
         let policy_ns = policy.namespace().unwrap_or_default();
-        let rules: Vec<(
-            Option<&Vec<NetworkPolicyPeer>>,
-            Option<&Vec<NetworkPolicyPort>>,
-        )> = match direction {
+        let rules: Vec<Rule> = match direction {
             Direction::Ingress => spec
                 .ingress
                 .iter()
