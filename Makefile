@@ -63,3 +63,4 @@ bench: cluster-up
 	cargo build --release -p consorzio -p consorzio-bench
 	target/release/consorzio-bench onboarding --municipalities 50
 	target/release/consorzio-bench memory --municipalities 500
+	target/release/consorzio-bench join --sizes 10,100,1000

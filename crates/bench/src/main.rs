@@ -2,6 +2,7 @@
 //!
 //! The operator runs as its own process (the release build), so its memory is its own.
 
+mod join;
 mod operator;
 
 use std::time::{Duration, Instant};
@@ -40,6 +41,13 @@ enum Command {
         #[arg(long, default_value_t = 500)]
         municipalities: usize,
     },
+    /// API writes caused by one comune joining a Dedicated and a Shared service, as the fleet
+    /// the services already serve grows: the count must not grow with it.
+    Join {
+        /// Fleet sizes at which a comune joins, in increasing order.
+        #[arg(long, value_delimiter = ',', default_value = "10,100,1000")]
+        sizes: Vec<usize>,
+    },
 }
 
 fn municipality(name: &str) -> serde_json::Value {
@@ -55,7 +63,7 @@ fn municipality(name: &str) -> serde_json::Value {
     })
 }
 
-fn is_ready(m: &Municipality) -> bool {
+pub(crate) fn is_ready(m: &Municipality) -> bool {
     m.status.as_ref().is_some_and(|s| {
         s.conditions
             .iter()
@@ -64,7 +72,7 @@ fn is_ready(m: &Municipality) -> bool {
     })
 }
 
-async fn apply(api: &Api<Municipality>, name: &str) -> anyhow::Result<()> {
+pub(crate) async fn apply(api: &Api<Municipality>, name: &str) -> anyhow::Result<()> {
     api.patch(
         name,
         &PatchParams::apply("consorzio-bench").force(),
@@ -201,8 +209,11 @@ async fn main() -> anyhow::Result<()> {
         Command::Memory { municipalities } => {
             memory(client.clone(), &operator, municipalities).await
         }
+        Command::Join { sizes } => join::run(client.clone(), &operator, &sizes).await,
     };
-    let cleaned = clean_up(&api).await;
+    let cleaned = join::clean_up_services(&client)
+        .await
+        .and(clean_up(&api).await);
     operator.stop();
     result?;
     cleaned?;

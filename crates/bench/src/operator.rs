@@ -40,6 +40,8 @@ impl OperatorProcess {
         let log = std::fs::File::create(cluster.dir.join("logs/bench-operator.log"))?;
         let child = Command::new(&bin)
             .args(["run", "--metrics-addr", &metrics_addr])
+            // Application pods run on the fake nodes.
+            .args(["--pod-toleration", "kwok.x-k8s.io/node:NoSchedule"])
             .env("KUBECONFIG", cluster.kubeconfig())
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
