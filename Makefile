@@ -7,7 +7,7 @@ CLUSTER := tests/cluster
 # Two cores: cargo's own parallelism plus two test threads keeps the control plane responsive.
 TEST_THREADS ?= 2
 
-.PHONY: run bench test test-unit cluster-up cluster-down cluster-selftest lint fmt crds
+.PHONY: run bench test test-unit cluster-up cluster-down cluster-selftest lint fmt crds manifests
 
 METRICS_ADDR ?= 127.0.0.1:8080
 
@@ -57,6 +57,14 @@ fmt:
 # Regenerates crds/ from the Rust types in crates/api.
 crds:
 	cargo run --quiet -p consorzio -- crds > crds/consorzio.io.yaml
+	cp crds/consorzio.io.yaml charts/consorzio/crds/consorzio.io.yaml
+
+# The plain manifests in deploy/, rendered from the chart (a test keeps them in sync).
+HELM = target/cluster/bin/helm
+manifests: cluster-up crds
+	$(HELM) template consorzio charts/consorzio --namespace consorzio --include-crds > deploy/consorzio.yaml
+	$(HELM) template consorzio charts/consorzio --namespace consorzio \
+	  --show-only templates/tenant-roles.yaml > deploy/rbac/tenant-roles.yaml
 
 # Benchmarks against the local control plane (release build of the operator); they print figures.
 bench: cluster-up

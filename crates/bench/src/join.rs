@@ -12,12 +12,13 @@ use consorzio_testkit::example_manifests;
 use futures::{StreamExt, TryStreamExt, stream};
 use kube::{
     Api, Client,
-    api::{DeleteParams, ListParams, Patch, PatchParams},
+    api::{ListParams, Patch, PatchParams},
 };
 
-use crate::{apply, is_ready, operator::OperatorProcess};
+use consorzio_testkit::OperatorProcess;
 
-const BENCH_LABEL: &str = "consorzio.io/bench=true";
+use crate::{apply, is_ready};
+
 /// The services of the benchmark: catalogue entries renamed, for the comuni of union `bench`.
 const SERVICES: [(&str, &str); 2] = [
     ("sito-comunale", "bench-dedicated"),
@@ -51,29 +52,13 @@ async fn apply_services(client: &Client) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Deletes the benchmark's services and waits until their instances are removed.
-pub async fn clean_up_services(client: &Client) -> anyhow::Result<()> {
-    let api = Api::<SharedService>::all(client.clone());
-    let params = ListParams::default().labels(BENCH_LABEL);
-    api.delete_collection(&DeleteParams::background(), &params)
-        .await?;
-    let deadline = Instant::now() + Duration::from_secs(600);
-    while !api.list_metadata(&params).await?.items.is_empty() {
-        if Instant::now() > deadline {
-            bail!("benchmark services still there after 10 minutes");
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-    Ok(())
-}
-
 /// Waits until `n` comuni are Ready and both services report every comune's instance Ready.
 async fn wait_converged(client: &Client, n: usize) -> anyhow::Result<()> {
     let municipalities = Api::<Municipality>::all(client.clone());
     let deadline = Instant::now() + Duration::from_secs(1800);
     loop {
         let list = municipalities
-            .list(&ListParams::default().labels(BENCH_LABEL))
+            .list(&ListParams::default().labels("consorzio.io/bench=true"))
             .await?;
         let served = list
             .iter()

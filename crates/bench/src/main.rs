@@ -3,7 +3,6 @@
 //! The operator runs as its own process (the release build), so its memory is its own.
 
 mod join;
-mod operator;
 
 use std::time::{Duration, Instant};
 
@@ -18,7 +17,7 @@ use kube::{
 };
 use serde_json::json;
 
-use operator::OperatorProcess;
+use consorzio_testkit::OperatorProcess;
 
 #[derive(Parser, Debug)]
 #[command(about = "Benchmarks of the consorzio operator against the local control plane")]
@@ -95,15 +94,19 @@ async fn wait_ready(api: &Api<Municipality>, name: &str, timeout: Duration) -> a
     }
 }
 
-/// Deletes every benchmark comune and waits until they (and their namespaces) are gone.
-async fn clean_up(api: &Api<Municipality>) -> anyhow::Result<()> {
+/// Deletes every benchmark object of kind `K` and waits until they are gone (their finalizers
+/// done: comuni's namespaces deleted, services' instances removed).
+pub(crate) async fn clean_up<K>(api: &Api<K>) -> anyhow::Result<()>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
     let params = ListParams::default().labels("consorzio.io/bench=true");
     api.delete_collection(&DeleteParams::background(), &params)
         .await?;
     let deadline = Instant::now() + Duration::from_secs(600);
     while !api.list_metadata(&params).await?.items.is_empty() {
         if Instant::now() > deadline {
-            bail!("benchmark comuni still there after 10 minutes");
+            bail!("benchmark {}s still there after 10 minutes", K::kind(&()));
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
@@ -200,9 +203,15 @@ async fn main() -> anyhow::Result<()> {
         .context("connecting to the local cluster")?;
     install_crds(&client).await?;
     let api = Api::<Municipality>::all(client.clone());
-    let mut operator = OperatorProcess::start(&cluster)?;
-    operator.wait_ready().await?;
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let bin = std::env::var_os("CONSORZIO_BIN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| root.join("target/release/consorzio"));
+    let mut operator = OperatorProcess::start(&cluster, &bin, "bench-operator", &[])?;
+    operator.wait_leading().await?;
     // Leftovers of an interrupted run first.
+    let services = Api::<consorzio_api::SharedService>::all(client.clone());
+    clean_up(&services).await?;
     clean_up(&api).await?;
     let result = match cli.command {
         Command::Onboarding { municipalities } => onboarding(client.clone(), municipalities).await,
@@ -211,9 +220,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Join { sizes } => join::run(client.clone(), &operator, &sizes).await,
     };
-    let cleaned = join::clean_up_services(&client)
-        .await
-        .and(clean_up(&api).await);
+    let cleaned = clean_up(&services).await.and(clean_up(&api).await);
     operator.stop();
     result?;
     cleaned?;

@@ -81,6 +81,28 @@ struct RunArgs {
     /// Log format.
     #[arg(long, env = "CONSORZIO_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
+    /// Reconcile only while holding a Lease, so that replicas never write at the same time; the
+    /// others serve health and metrics and stand by.
+    #[arg(long, env = "CONSORZIO_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_election: bool,
+    /// Namespace of the leader Lease (the chart sets the operator's own).
+    #[arg(
+        long,
+        env = "CONSORZIO_LEADER_ELECTION_NAMESPACE",
+        default_value = "default"
+    )]
+    leader_election_namespace: String,
+    /// Name of the leader Lease.
+    #[arg(
+        long,
+        env = "CONSORZIO_LEADER_ELECTION_LEASE",
+        default_value = "consorzio-leader"
+    )]
+    leader_election_lease: String,
+    /// How long a leader's Lease lasts without renewal: a replica that dies is replaced within
+    /// about this time.
+    #[arg(long, env = "CONSORZIO_LEASE_DURATION_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(2..))]
+    lease_duration_seconds: u64,
 }
 
 #[derive(Args, Debug)]
@@ -303,9 +325,25 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let server = tokio::spawn(server::serve(args.metrics_addr, health, shutdown.clone()));
     tracing::info!(addr = %args.metrics_addr, "serving /metrics, /healthz and /readyz");
 
+    let mut leadership = None;
+    if args.leader_election {
+        // A standby replica is ready: it serves health and metrics, and waits.
+        ready.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut lease = elect(&client, &args).await?;
+        tracing::info!(lease = %args.leader_election_lease, "waiting to lead");
+        tokio::select! {
+            result = lease.0.wait_for(|leading| *leading) => {
+                result.context("leader election stopped")?;
+            }
+            () = shutdown.clone() => return Ok(()),
+        }
+        tracing::info!("leading");
+        leadership = Some(lease);
+    }
     wait_for_crds(&client).await;
-    let (ctx, triggers, events, comuni) = Context::start(client, config, metrics).await?;
+    let (ctx, triggers, events, comuni) = Context::start(client, config, metrics.clone()).await?;
     ready.store(true, std::sync::atomic::Ordering::Relaxed);
+    metrics.set_leader(true);
     tracing::info!("caches filled; reconciling");
     let municipalities = controller::run_municipalities(
         ctx.clone(),
@@ -314,9 +352,53 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         shutdown.clone(),
     );
     let services = controller::run_services(ctx, comuni, triggers.services, shutdown.clone());
+    let lost = async {
+        match &mut leadership {
+            Some((channel, _)) => {
+                let _ = channel.wait_for(|leading| !*leading).await;
+            }
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
         _ = futures::future::join(municipalities, services) => {}
         result = server => result??,
+        () = lost => bail!("lost the leader lease; exiting so that a fresh start stands by"),
+    }
+    // Stepping down on a clean stop hands the lease over at once.
+    if let Some((channel, task)) = leadership {
+        drop(channel);
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
     }
     Ok(())
+}
+
+type Lease = (
+    tokio::sync::watch::Receiver<bool>,
+    tokio::task::JoinHandle<kube_lease_manager::Result<kube_lease_manager::LeaseManager>>,
+);
+
+/// Joins the election for the leader Lease; the receiver says whether this replica leads.
+async fn elect(client: &Client, args: &RunArgs) -> anyhow::Result<Lease> {
+    let identity = std::env::var("POD_NAME").unwrap_or_else(|_| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        format!("{}-{}", host.trim(), std::process::id())
+    });
+    let duration = args.lease_duration_seconds;
+    let manager =
+        kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &args.leader_election_lease)
+            .with_namespace(&args.leader_election_namespace)
+            .with_identity(identity)
+            .with_duration(duration)
+            .with_grace((duration / 3).max(1))
+            .with_field_manager("consorzio")
+            .build()
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot use the Lease {}/{}",
+                    args.leader_election_namespace, args.leader_election_lease
+                )
+            })?;
+    Ok(manager.watch().await)
 }

@@ -86,6 +86,8 @@ pub struct Metrics {
     writes: Family<KindLabels, Counter>,
     service_instances: Family<ServiceStateLabels, Gauge>,
     rollout_progress: Family<ServiceLabels, Gauge<f64, AtomicU64>>,
+    leader: Gauge,
+    rollout_halted: Family<ServiceLabels, Gauge>,
     readiness: Mutex<HashMap<String, bool>>,
 }
 
@@ -145,6 +147,18 @@ impl Default for Metrics {
             "Quota of a comune's namespace per resource: type hard (the limit) or used",
             quota.clone(),
         );
+        let leader = Gauge::default();
+        let rollout_halted = Family::<ServiceLabels, Gauge>::default();
+        registry.register(
+            "rollout_halted",
+            "1 while a service's rollout is halted (an instance missed its progress deadline)",
+            rollout_halted.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 when this replica holds the leader lease and reconciles, 0 while it stands by",
+            leader.clone(),
+        );
         registry.register(
             "api_writes",
             "Writes (create, apply, patch, delete) the operator sent to the API server, by kind",
@@ -161,6 +175,8 @@ impl Default for Metrics {
             writes,
             service_instances,
             rollout_progress,
+            leader,
+            rollout_halted,
             readiness: Mutex::default(),
         }
     }
@@ -217,6 +233,11 @@ impl Metrics {
             .inc();
     }
 
+    /// Whether this replica leads (and reconciles).
+    pub fn set_leader(&self, leader: bool) {
+        self.leader.set(i64::from(leader));
+    }
+
     /// Records whether a comune is Ready.
     pub fn set_ready(&self, municipality: &str, ready: bool) {
         self.ready
@@ -232,7 +253,17 @@ impl Metrics {
     }
 
     /// Records a service's instances and rollout progress.
-    pub fn set_service(&self, service: &str, ready: usize, desired: usize, updated: usize) {
+    pub fn set_service(
+        &self,
+        service: &str,
+        (ready, desired, updated): (usize, usize, usize),
+        halted: bool,
+    ) {
+        self.rollout_halted
+            .get_or_create(&ServiceLabels {
+                service: service.into(),
+            })
+            .set(i64::from(halted));
         for (state, n) in [
             ("ready", ready),
             ("not_ready", desired.saturating_sub(ready)),
@@ -265,6 +296,9 @@ impl Metrics {
             });
         }
         self.rollout_progress.remove(&ServiceLabels {
+            service: service.into(),
+        });
+        self.rollout_halted.remove(&ServiceLabels {
             service: service.into(),
         });
     }

@@ -58,6 +58,17 @@ impl Cluster {
         Ok(Client::try_from(self.config().await?)?)
     }
 
+    /// A client that authenticates with a bearer token (e.g. a ServiceAccount's, from a
+    /// TokenRequest) instead of the admin certificate.
+    pub async fn client_with_token(&self, token: &str) -> anyhow::Result<Client> {
+        let mut config = self.config().await?;
+        config.auth_info = kube::config::AuthInfo {
+            token: Some(token.to_string().into()),
+            ..Default::default()
+        };
+        Ok(Client::try_from(config)?)
+    }
+
     /// A client that impersonates `user` in `groups`.
     pub async fn client_as(&self, user: &str, groups: &[&str]) -> anyhow::Result<Client> {
         let mut config = self.config().await?;

@@ -19,11 +19,13 @@ mod cluster;
 mod crds;
 mod manifests;
 pub mod netpol;
+mod operator;
 mod wait;
 
 pub use cluster::{Cluster, kubectl};
 pub use crds::install_crds;
 pub use manifests::{example_manifests, examples_dir, yaml_documents};
+pub use operator::OperatorProcess;
 pub use wait::{wait_for, wait_gone};
 
 use std::{

@@ -17,15 +17,13 @@ use std::{
 use futures::{StreamExt, channel::mpsc};
 use k8s_openapi::api::{
     apps::v1::Deployment,
-    core::v1::{
-        ConfigMap, LimitRange, Namespace, PersistentVolumeClaim, ResourceQuota, Secret, Service,
-    },
+    core::v1::{ConfigMap, LimitRange, Namespace, PersistentVolumeClaim, ResourceQuota, Service},
     networking::v1::{Ingress, NetworkPolicy},
     rbac::v1::RoleBinding,
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
-    core::{DeserializeGuard, PartialObjectMeta},
+    core::DeserializeGuard,
     runtime::{
         WatchStreamExt,
         controller::Action,
@@ -92,8 +90,6 @@ pub struct Stores {
     pub volume_claims: Store<PersistentVolumeClaim>,
     /// Application settings.
     pub config_maps: Store<ConfigMap>,
-    /// Generated credentials: names only, never their data.
-    pub secrets: Store<PartialObjectMeta<Secret>>,
     /// Every Municipality, as its controller sees it.
     pub municipalities: Store<DeserializeGuard<Municipality>>,
     /// Every Municipality, as the SharedService controller sees it: its own watch, so that a
@@ -146,8 +142,7 @@ impl Stores {
         self.services.wait_until_ready().await?;
         self.ingresses.wait_until_ready().await?;
         self.volume_claims.wait_until_ready().await?;
-        self.config_maps.wait_until_ready().await?;
-        self.secrets.wait_until_ready().await
+        self.config_maps.wait_until_ready().await
     }
 }
 
@@ -200,8 +195,7 @@ where
     });
 }
 
-/// Starts a cache of the managed objects of kind `K` (for `PartialObjectMeta<_>`, of their
-/// metadata only).
+/// Starts a cache of the managed objects of kind `K`.
 fn watch_managed<K>(client: &Client, senders: &Senders) -> Store<K>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
@@ -248,7 +242,6 @@ impl Context {
             ingresses: watch_managed(&client, &senders),
             volume_claims: watch_managed(&client, &senders),
             config_maps: watch_managed(&client, &senders),
-            secrets: watch_managed(&client, &senders),
             municipalities: municipality_store,
             comuni,
         };

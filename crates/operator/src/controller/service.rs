@@ -9,7 +9,7 @@ use consorzio_api::{
     Municipality, NotReady, RolloutStatus, ServiceInstanceStatus, SharedService,
     SharedServiceStatus, VolumeReclaimPolicy,
 };
-use futures::{Stream, StreamExt, future::try_join_all};
+use futures::{Stream, StreamExt, TryStreamExt, future::try_join_all};
 use k8s_openapi::{
     ByteString,
     api::{
@@ -46,8 +46,8 @@ use crate::{
     render::{
         MANAGED_BY, MUNICIPALITY_LABEL, ORPHANED_LABEL, Rendered, namespace_name,
         service::{
-            SERVICE_LABEL, VERSION_ANNOTATION, credentials_name, is_dedicated, public_url,
-            render_dedicated, selects, template_version, volume_name,
+            CREDENTIALS_ANNOTATION, SERVICE_LABEL, VERSION_ANNOTATION, credentials_name,
+            is_dedicated, public_url, render_dedicated, selects, template_version, volume_name,
         },
         shared::{
             access_policy_name, connection_name, render_access_point, render_shared,
@@ -224,6 +224,23 @@ async fn reconcile_service(s: &SharedService, ctx: &Context) -> Result<Action, E
     }
 }
 
+/// Runs `work` on every item, at most `--concurrency` at a time: a reconcile that touches many
+/// comuni neither waits on each in turn nor floods the API server. The first error ends it.
+async fn bounded<T, Fut>(
+    items: impl IntoIterator<Item = T>,
+    ctx: &Context,
+    work: impl Fn(T) -> Fut,
+) -> Result<(), Error>
+where
+    Fut: Future<Output = Result<(), Error>>,
+{
+    futures::stream::iter(items.into_iter().map(work))
+        .buffer_unordered(usize::from(ctx.config.concurrency.max(1)))
+        .try_collect::<Vec<()>>()
+        .await?;
+    Ok(())
+}
+
 async fn apply_all(objects: &[Rendered], ctx: &Context) -> Result<(), Error> {
     try_join_all(
         objects
@@ -311,13 +328,18 @@ async fn reconcile_dedicated(
             }
         }
     }
-    for i in &to_apply {
-        apply_all(&rendered[*i], ctx).await?;
-        let comune = comuni[*i].name_any();
-        ensure_credentials(s, &namespaces[*i], Some(&comune), ctx).await?;
-    }
+    let (namespaces_ref, rendered_ref) = (&namespaces, &rendered);
+    bounded(to_apply, ctx, |i| async move {
+        let (namespaces, rendered) = (namespaces_ref, rendered_ref);
+        let comune = comuni[i].name_any();
+        ensure_credentials(s, &namespaces[i], Some(&comune), ctx).await?;
+        apply_all(&rendered[i], ctx).await
+    })
+    .await?;
     prune(s, namespaces.iter().cloned().collect(), ctx).await?;
-    for ((m, objects), state) in comuni.iter().zip(&rendered).zip(&states) {
+    let states_ref = &states;
+    bounded(0..comuni.len(), ctx, |i| async move {
+        let (m, objects, state) = (&comuni[i], &rendered_ref[i], &states_ref[i]);
         let url = objects
             .iter()
             .find(|o| o.resource.kind == "ConfigMap")
@@ -327,8 +349,9 @@ async fn reconcile_dedicated(
                     .map(str::to_string)
             });
         let entry = entry(s, *state, url, template_version(s, Some(&m.name_any())));
-        report_to_municipality(s, m, Some(entry), ctx).await?;
-    }
+        report_to_municipality(s, m, Some(entry), ctx).await
+    })
+    .await?;
     let summary = summarize(s, comuni, &states, halted);
     finish(s, summary, ctx).await
 }
@@ -349,15 +372,17 @@ async fn reconcile_shared(
         .split_first()
         .ok_or(Error::Malformed("rendered namespace"))?;
     apply_all(std::slice::from_ref(namespace), ctx).await?;
-    apply_all(rest, ctx).await?;
     ensure_credentials(s, &ns, None, ctx).await?;
+    apply_all(rest, ctx).await?;
     let version = template_version(s, None);
     let state = instance_state(s, &ns, &version, ctx);
 
-    for m in comuni {
+    bounded(0..comuni.len(), ctx, |i| async move {
+        let m = &comuni[i];
         apply_all(&render_access_point(s, m, &ctx.config)?, ctx).await?;
-        subscribe(s, &namespace_name(m, &ctx.config), true, ctx).await?;
-    }
+        subscribe(s, &namespace_name(m, &ctx.config), true, ctx).await
+    })
+    .await?;
     let mut keep: BTreeSet<String> = comuni
         .iter()
         .map(|m| namespace_name(m, &ctx.config))
@@ -365,7 +390,9 @@ async fn reconcile_shared(
     keep.insert(ns.clone());
     prune(s, keep, ctx).await?;
     let url = s.spec.ingress.as_ref().map(|i| public_url(s, &i.host));
-    for m in comuni {
+    let (url, version) = (&url, &version);
+    bounded(0..comuni.len(), ctx, |i| async move {
+        let m = &comuni[i];
         let url = url.clone().or_else(|| {
             let access = namespace_name(m, &ctx.config);
             Some(format!(
@@ -375,8 +402,9 @@ async fn reconcile_shared(
             ))
         });
         let entry = entry(s, state, url, version.clone());
-        report_to_municipality(s, m, Some(entry), ctx).await?;
-    }
+        report_to_municipality(s, m, Some(entry), ctx).await
+    })
+    .await?;
     let summary = summarize_shared(s, &ns, state);
     finish(s, summary, ctx).await
 }
@@ -462,8 +490,9 @@ async fn finish(s: &SharedService, summary: Summary, ctx: &Context) -> Result<Ac
     }
     let done = summary.ready == summary.desired;
     let updated = summary.rollout.as_ref().map_or(0, |r| r.updated as usize);
+    let counts = (summary.ready, summary.desired, updated);
     ctx.metrics
-        .set_service(&s.name_any(), summary.ready, summary.desired, updated);
+        .set_service(&s.name_any(), counts, summary.halted.is_some());
     write_status(s, ctx, summary).await?;
     Ok(Action::requeue(if done {
         Duration::from_secs(30 * 60)
@@ -552,22 +581,25 @@ async fn report_to_municipality(
     }
 }
 
-/// The generated credentials of an instance: random, created once, never replaced.
+/// Whether the instance in `ns` has had its credentials created (its cached Deployment says so).
+fn has_credentials(s: &SharedService, ns: &str, ctx: &Context) -> bool {
+    deployment(s, ns, ctx).is_some_and(|d| d.annotations().contains_key(CREDENTIALS_ANNOTATION))
+}
+
+/// The generated credentials of an instance: random, created once, never replaced (when the
+/// Secret exists already, it stays as it is).
 async fn ensure_credentials(
     s: &SharedService,
     ns: &str,
     municipality: Option<&str>,
     ctx: &Context,
 ) -> Result<(), Error> {
-    let name = credentials_name(s);
-    if ctx
-        .stores
-        .secrets
-        .get(&ObjectRef::new(&name).within(ns))
-        .is_some()
-    {
+    // The operator may not read Secrets: the instance's Deployment, applied only after the
+    // Secret exists, says it was created.
+    if has_credentials(s, ns, ctx) {
         return Ok(());
     }
+    let name = credentials_name(s);
     let password: String = rand::rng()
         .sample_iter(&Alphanumeric)
         .take(32)
@@ -645,9 +677,14 @@ fn namespaces_in_use(s: &SharedService, ctx: &Context) -> BTreeSet<String> {
 /// kept and labelled orphaned, unless the service says `reclaimPolicy: Delete`.
 async fn prune(s: &SharedService, keep: BTreeSet<String>, ctx: &Context) -> Result<(), Error> {
     let name = s.name_any();
-    for ns in namespaces_in_use(s, ctx).difference(&keep) {
-        remove_instance(s, ns, ctx).await?;
-    }
+    let leaving: Vec<String> = namespaces_in_use(s, ctx)
+        .difference(&keep)
+        .cloned()
+        .collect();
+    bounded(leaving, ctx, |ns| async move {
+        remove_instance(s, &ns, ctx).await
+    })
+    .await?;
     // Comuni that still list the service in their status no longer get it.
     let listed: Vec<Municipality> = ctx
         .stores
@@ -663,13 +700,17 @@ async fn prune(s: &SharedService, keep: BTreeSet<String>, ctx: &Context) -> Resu
         })
         .cloned()
         .collect();
-    for m in &listed {
-        report_to_municipality(s, m, None, ctx).await?;
-    }
-    Ok(())
+    let listed = &listed;
+    bounded(0..listed.len(), ctx, |i| async move {
+        report_to_municipality(s, &listed[i], None, ctx).await
+    })
+    .await
 }
 
+/// Removes the service's instance or access point from `ns`: its data first (while the
+/// Deployment still says whether credentials were made), then its objects and the subscription.
 async fn remove_instance(s: &SharedService, ns: &str, ctx: &Context) -> Result<(), Error> {
+    release_data(s, ns, ctx).await?;
     let name = s.name_any();
     let config_map = ApiResource::erase::<ConfigMap>(&());
     for (resource, object) in [
@@ -691,7 +732,12 @@ async fn remove_instance(s: &SharedService, ns: &str, ctx: &Context) -> Result<(
             delete(&ctx.client, &ctx.metrics, &resource, Some(ns), &object).await?;
         }
     }
-    subscribe(s, ns, false, ctx).await?;
+    subscribe(s, ns, false, ctx).await
+}
+
+/// Keeps (labelled orphaned, no longer managed) or deletes the instance's volume and
+/// credentials, as the service's reclaim policy says.
+async fn release_data(s: &SharedService, ns: &str, ctx: &Context) -> Result<(), Error> {
     let reclaim = s
         .spec
         .template
@@ -704,33 +750,23 @@ async fn remove_instance(s: &SharedService, ns: &str, ctx: &Context) -> Result<(
         .volume_claims
         .get(&ObjectRef::new(&volume_name(s)).within(ns))
         .is_some();
-    let has_secret = ctx
-        .stores
-        .secrets
-        .get(&ObjectRef::new(&credentials_name(s)).within(ns))
-        .is_some();
+    let has_secret = has_credentials(s, ns, ctx);
     if reclaim == VolumeReclaimPolicy::Delete || !has_claim {
-        if has_claim {
-            let resource = ApiResource::erase::<PersistentVolumeClaim>(&());
-            delete(
-                &ctx.client,
-                &ctx.metrics,
-                &resource,
-                Some(ns),
-                &volume_name(s),
-            )
-            .await?;
-        }
-        if has_secret {
-            let resource = ApiResource::erase::<Secret>(&());
-            delete(
-                &ctx.client,
-                &ctx.metrics,
-                &resource,
-                Some(ns),
-                &credentials_name(s),
-            )
-            .await?;
+        for (resource, object, present) in [
+            (
+                ApiResource::erase::<PersistentVolumeClaim>(&()),
+                volume_name(s),
+                has_claim,
+            ),
+            (
+                ApiResource::erase::<Secret>(&()),
+                credentials_name(s),
+                has_secret,
+            ),
+        ] {
+            if present {
+                delete(&ctx.client, &ctx.metrics, &resource, Some(ns), &object).await?;
+            }
         }
         return Ok(());
     }

@@ -36,6 +36,9 @@ use super::{
 pub const SERVICE_LABEL: &str = "consorzio.io/service";
 /// The template version an instance runs, on its Deployment.
 pub const VERSION_ANNOTATION: &str = "consorzio.io/version";
+/// On an instance's Deployment: the name of its generated credentials Secret, which exists
+/// (the Secret is created before the Deployment is applied).
+pub const CREDENTIALS_ANNOTATION: &str = "consorzio.io/credentials";
 /// User and group the application runs as: never root.
 const APP_UID: i64 = 10001;
 
@@ -220,10 +223,10 @@ pub(crate) fn render_instance(
     }
     let deployment = Deployment {
         metadata: ObjectMeta {
-            annotations: Some(BTreeMap::from([(
-                VERSION_ANNOTATION.into(),
-                i.version.clone(),
-            )])),
+            annotations: Some(BTreeMap::from([
+                (VERSION_ANNOTATION.into(), i.version.clone()),
+                (CREDENTIALS_ANNOTATION.into(), credentials_name(s)),
+            ])),
             ..meta(name.clone(), ns, labels.clone())
         },
         spec: Some(DeploymentSpec {

@@ -38,6 +38,12 @@ impl Operator {
     /// Starts an operator with the default settings (plus a toleration of the fake nodes), after
     /// installing the CRDs and tenant roles.
     pub async fn start(env: &Env) -> anyhow::Result<Operator> {
+        Operator::start_with(env, env.client()).await
+    }
+
+    /// [`Operator::start`], with the operator's requests made by `client` (e.g. with a
+    /// ServiceAccount's token); the CRDs and tenant roles are installed as the admin.
+    pub async fn start_with(env: &Env, client: kube::Client) -> anyhow::Result<Operator> {
         install_crds(&env.client()).await?;
         install_tenant_roles(env).await?;
         let metrics = Arc::new(Metrics::default());
@@ -51,7 +57,7 @@ impl Operator {
             ..Config::default()
         };
         let (ctx, triggers, events, comuni) =
-            Context::start(env.client(), config, metrics.clone()).await?;
+            Context::start(client, config, metrics.clone()).await?;
         let (stop, stopped) = oneshot::channel::<()>();
         let stopped = futures::FutureExt::shared(async {
             let _ = stopped.await;
@@ -143,20 +149,7 @@ spec:
 /// Applies a Municipality (server-side, as a user would) and registers it and its namespace
 /// for clean-up.
 pub async fn apply(env: &Env, m: &Municipality) -> anyhow::Result<Municipality> {
-    let api = Api::<Municipality>::all(env.client());
-    let mut body = serde_json::to_value(m)?;
-    if let Some(meta) = body.get_mut("metadata").and_then(|v| v.as_object_mut()) {
-        meta.retain(|k, _| k == "name" || k == "labels");
-    }
-    body.as_object_mut().context("object")?.remove("status");
-    let applied = api
-        .patch(
-            &m.name_any(),
-            &PatchParams::apply("consorzio-tests").force(),
-            &Patch::Apply(&body),
-        )
-        .await?;
-    env.delete_later(&applied);
+    let applied = apply_as_user(env, m).await?;
     env.delete_later_dynamic(
         ApiResource::erase::<Namespace>(&()),
         None,
@@ -218,18 +211,7 @@ pub fn catalogue_service(
 
 /// Applies a SharedService (server-side, as a user would) and registers it for clean-up.
 pub async fn apply_service(env: &Env, s: &SharedService) -> anyhow::Result<()> {
-    let api = Api::<SharedService>::all(env.client());
-    let mut body = serde_json::to_value(s)?;
-    body["metadata"] = json!({"name": s.name_any()});
-    body.as_object_mut().context("object")?.remove("status");
-    let applied = api
-        .patch(
-            &s.name_any(),
-            &PatchParams::apply("consorzio-tests").force(),
-            &Patch::Apply(&body),
-        )
-        .await?;
-    env.delete_later(&applied);
+    apply_as_user(env, s).await?;
     Ok(())
 }
 
@@ -258,4 +240,30 @@ pub async fn remove_service(env: &Env, name: &str) -> anyhow::Result<()> {
     let api = Api::<SharedService>::all(env.client());
     api.delete(name, &Default::default()).await?;
     wait_gone(&api, name, TIMEOUT).await
+}
+
+/// Applies a cluster-scoped object server-side with its name, labels and spec only, as a user
+/// would, and registers it for clean-up.
+async fn apply_as_user<K>(env: &Env, obj: &K) -> anyhow::Result<K>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let mut body = serde_json::to_value(obj)?;
+    if let Some(meta) = body.get_mut("metadata").and_then(|v| v.as_object_mut()) {
+        meta.retain(|k, _| k == "name" || k == "labels");
+    }
+    body.as_object_mut().context("object")?.remove("status");
+    let applied = Api::<K>::all(env.client())
+        .patch(
+            &obj.name_any(),
+            &PatchParams::apply("consorzio-tests").force(),
+            &Patch::Apply(&body),
+        )
+        .await?;
+    env.delete_later(&applied);
+    Ok(applied)
 }

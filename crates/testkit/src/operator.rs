@@ -1,13 +1,14 @@
-//! The operator under test, as a child process.
+//! The operator as a child process: its own memory, its own lease, killable.
 
 use std::{
-    path::PathBuf,
+    path::Path,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, bail};
-use consorzio_testkit::Cluster;
+
+use crate::Cluster;
 
 /// A running `consorzio run`.
 #[derive(Debug)]
@@ -16,17 +17,16 @@ pub struct OperatorProcess {
     metrics_addr: String,
 }
 
-fn binary() -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    std::env::var_os("CONSORZIO_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target/release/consorzio"))
-}
-
 impl OperatorProcess {
-    /// Starts the release build of the operator against the local cluster.
-    pub fn start(cluster: &Cluster) -> anyhow::Result<OperatorProcess> {
-        let bin = binary();
+    /// Starts `bin` (a build of `consorzio`) as `consorzio run` against the local cluster, with
+    /// application pods tolerating the fake nodes, logging to `logs/<name>.log` in the cluster's
+    /// directory. `args` are added to the command line.
+    pub fn start(
+        cluster: &Cluster,
+        bin: &Path,
+        name: &str,
+        args: &[&str],
+    ) -> anyhow::Result<OperatorProcess> {
         if !bin.exists() {
             bail!(
                 "{} not found: build it with `cargo build --release -p consorzio` (make bench does)",
@@ -37,11 +37,12 @@ impl OperatorProcess {
             .local_addr()?
             .port();
         let metrics_addr = format!("127.0.0.1:{port}");
-        let log = std::fs::File::create(cluster.dir.join("logs/bench-operator.log"))?;
+        let log = std::fs::File::create(cluster.dir.join(format!("logs/{name}.log")))?;
         let child = Command::new(&bin)
             .args(["run", "--metrics-addr", &metrics_addr])
             // Application pods run on the fake nodes.
             .args(["--pod-toleration", "kwok.x-k8s.io/node:NoSchedule"])
+            .args(args)
             .env("KUBECONFIG", cluster.kubeconfig())
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
@@ -54,27 +55,36 @@ impl OperatorProcess {
         })
     }
 
-    /// Waits until /readyz answers: the caches are filled and the controllers run.
-    pub async fn wait_ready(&mut self) -> anyhow::Result<()> {
+    /// Waits until the operator leads and reconciles (its caches filled).
+    pub async fn wait_leading(&mut self) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(status) = self.child.try_wait()? {
-                bail!(
-                    "the operator exited with {status}; see target/cluster/logs/bench-operator.log"
-                );
+                bail!("the operator exited with {status}; see its log in target/cluster/logs");
             }
-            if self
-                .get("/readyz")
-                .await
-                .is_ok_and(|body| body.trim() == "ok")
-            {
+            if self.leads().await && self.get("/readyz").await.is_ok() {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                bail!("the operator is not ready after 60 s");
+                bail!(
+                    "the operator does not lead after 60 s: another one holds its Lease \
+                     (is `make run` running?); see its log in target/cluster/logs"
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Whether /healthz and /readyz both answer `ok`.
+    pub async fn health(&self) -> anyhow::Result<bool> {
+        Ok(self.get("/healthz").await?.trim() == "ok" && self.get("/readyz").await?.trim() == "ok")
+    }
+
+    /// Whether it reports holding the leader lease (`consorzio_leader 1`).
+    pub async fn leads(&self) -> bool {
+        self.metrics()
+            .await
+            .is_ok_and(|text| text.lines().any(|l| l.trim() == "consorzio_leader 1"))
     }
 
     async fn get(&self, path: &str) -> anyhow::Result<String> {
@@ -111,7 +121,7 @@ impl OperatorProcess {
         Ok((field("VmRSS:")?, field("VmHWM:")?))
     }
 
-    /// Stops the operator.
+    /// Stops the operator at once (SIGKILL): no clean step-down.
     pub fn stop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
