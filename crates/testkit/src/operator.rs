@@ -38,7 +38,7 @@ impl OperatorProcess {
             .port();
         let metrics_addr = format!("127.0.0.1:{port}");
         let log = std::fs::File::create(cluster.dir.join(format!("logs/{name}.log")))?;
-        let child = Command::new(&bin)
+        let child = Command::new(bin)
             .args(["run", "--metrics-addr", &metrics_addr])
             // Application pods run on the fake nodes.
             .args(["--pod-toleration", "kwok.x-k8s.io/node:NoSchedule"])
