@@ -12,6 +12,17 @@ use prometheus_client::{
     registry::Registry,
 };
 
+/// The reasons a reconcile fails with (`Error::reason`), and `malformed` for unreadable objects.
+const ERROR_REASONS: &[&str] = &[
+    "conflict",
+    "forbidden",
+    "invalid",
+    "api_error",
+    "api_unreachable",
+    "render",
+    "malformed",
+];
+
 /// Which controller a reconcile belongs to.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types)]
@@ -101,6 +112,12 @@ impl Default for Metrics {
             ])
         });
         let errors = Family::<ErrorLabels, Counter>::default();
+        // Every series starts at zero, so that rates and alerts work before the first failure.
+        for controller in [ControllerName::municipality, ControllerName::sharedservice] {
+            for reason in ERROR_REASONS {
+                let _ = errors.get_or_create(&ErrorLabels { controller, reason });
+            }
+        }
         let municipalities = Family::<ConditionLabels, Gauge>::default();
         let ready = Family::<MunicipalityLabels, Gauge>::default();
         let quota = Family::<QuotaLabels, Gauge<f64, AtomicU64>>::default();
