@@ -50,7 +50,7 @@ use crate::{
             is_dedicated, public_url, render_dedicated, selects, template_version, volume_name,
         },
         shared::{
-            access_policy_name, connection_name, render_access_point, render_shared,
+            access_policy_name, access_url, connection_name, render_access_point, render_shared,
             render_shared_namespace, shared_namespace, subscriber_label,
         },
     },
@@ -393,14 +393,9 @@ async fn reconcile_shared(
     let (url, version) = (&url, &version);
     bounded(0..comuni.len(), ctx, |i| async move {
         let m = &comuni[i];
-        let url = url.clone().or_else(|| {
-            let access = namespace_name(m, &ctx.config);
-            Some(format!(
-                "http://{}.{access}.svc:{}",
-                s.name_any(),
-                s.spec.template.port
-            ))
-        });
+        let url = url
+            .clone()
+            .or_else(|| Some(access_url(s, &namespace_name(m, &ctx.config))));
         let entry = entry(s, state, url, version.clone());
         report_to_municipality(s, m, Some(entry), ctx).await
     })

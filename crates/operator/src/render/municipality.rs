@@ -99,17 +99,22 @@ pub fn render_municipality(
     Ok(out)
 }
 
+/// Namespace labels that enforce (and audit, and warn of) Pod Security `restricted`.
+pub(super) fn pod_security_restricted() -> impl Iterator<Item = (String, String)> {
+    ["enforce", "audit", "warn"].into_iter().map(|mode| {
+        (
+            format!("pod-security.kubernetes.io/{mode}"),
+            "restricted".to_string(),
+        )
+    })
+}
+
 /// The comune's namespace: labelled with the comune's fields and Pod Security `restricted`.
 /// Only the namespace is owned by the Municipality; what is inside goes with the namespace.
 pub fn render_namespace(m: &Municipality, config: &Config, orphaned: bool) -> Namespace {
     let mut labels = municipality_labels(m);
     labels.insert(MANAGED_BY.0.into(), MANAGED_BY.1.into());
-    for mode in ["enforce", "audit", "warn"] {
-        labels.insert(
-            format!("pod-security.kubernetes.io/{mode}"),
-            "restricted".into(),
-        );
-    }
+    labels.extend(pod_security_restricted());
     let mut namespace = Namespace {
         metadata: kube::core::ObjectMeta {
             name: Some(namespace_name(m, config)),

@@ -23,7 +23,7 @@ use kube::{ResourceExt, core::ObjectMeta};
 
 use super::{
     Config, MANAGED_BY, ORPHANED_LABEL, Rendered, managed_meta,
-    municipality::{namespace_name, render_limit_range},
+    municipality::{namespace_name, pod_security_restricted, render_limit_range},
     network::render_network_policies,
     owner_reference,
     service::{
@@ -55,6 +55,11 @@ pub fn connection_name(s: &SharedService) -> String {
 /// The name of the egress policy that opens a comune to a Shared service.
 pub fn access_policy_name(s: &SharedService) -> String {
     format!("consorzio-allow-{}", s.name_any())
+}
+
+/// The in-cluster URL of a comune's access point to `s`, in the comune's namespace `ns`.
+pub fn access_url(s: &SharedService, ns: &str) -> String {
+    format!("http://{}.{ns}.svc:{}", s.name_any(), s.spec.template.port)
 }
 
 /// Selects the pods of a service's instance.
@@ -146,12 +151,7 @@ pub fn render_shared_namespace(s: &SharedService, orphaned: bool) -> Namespace {
         (MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string()),
         (SERVICE_LABEL.to_string(), s.name_any()),
     ]);
-    for mode in ["enforce", "audit", "warn"] {
-        labels.insert(
-            format!("pod-security.kubernetes.io/{mode}"),
-            "restricted".into(),
-        );
-    }
+    labels.extend(pod_security_restricted());
     if orphaned {
         labels.insert(ORPHANED_LABEL.into(), "true".into());
     }
@@ -183,10 +183,7 @@ pub fn render_access_point(
     let mut settings = BTreeMap::from([
         ("CONSORZIO_SERVICE".to_string(), name.clone()),
         ("CONSORZIO_TENANT_ID".to_string(), comune.clone()),
-        (
-            "CONSORZIO_URL".to_string(),
-            format!("http://{name}.{ns}.svc:{port}"),
-        ),
+        ("CONSORZIO_URL".to_string(), access_url(s, &ns)),
     ]);
     if let Some(ingress) = &s.spec.ingress {
         settings.insert("CONSORZIO_PUBLIC_URL".into(), public_url(s, &ingress.host));
