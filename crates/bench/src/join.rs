@@ -6,18 +6,17 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, bail};
-use consorzio_api::{Municipality, SharedService};
-use consorzio_testkit::example_manifests;
+use anyhow::bail;
+use consorzio_api::Municipality;
 use futures::{StreamExt, TryStreamExt, stream};
 use kube::{
     Api, Client,
-    api::{ListParams, Patch, PatchParams},
+    api::ListParams,
 };
 
 use consorzio_testkit::OperatorProcess;
 
-use crate::{apply, is_ready};
+use crate::{apply, apply_service, is_ready};
 
 /// The services of the benchmark: catalogue entries renamed, for the comuni of union `bench`.
 const SERVICES: [(&str, &str); 2] = [
@@ -26,28 +25,9 @@ const SERVICES: [(&str, &str); 2] = [
 ];
 
 async fn apply_services(client: &Client) -> anyhow::Result<()> {
-    let api = Api::<SharedService>::all(client.clone());
-    let catalogue = example_manifests()?;
+    let selector = serde_json::json!({"matchLabels": {"consorzio.io/union": "bench"}});
     for (from, name) in SERVICES {
-        let mut value = catalogue
-            .iter()
-            .find(|v| v["kind"] == "SharedService" && v["metadata"]["name"] == from)
-            .with_context(|| format!("{from} in the catalogue"))?
-            .clone();
-        value["metadata"] =
-            serde_json::json!({"name": name, "labels": {"consorzio.io/bench": "true"}});
-        value["spec"]["municipalities"] =
-            serde_json::json!({"selector": {"matchLabels": {"consorzio.io/union": "bench"}}});
-        // Benchmark data is not worth keeping.
-        if value["spec"]["template"]["storage"].is_object() {
-            value["spec"]["template"]["storage"]["reclaimPolicy"] = "Delete".into();
-        }
-        api.patch(
-            name,
-            &PatchParams::apply("consorzio-bench").force(),
-            &Patch::Apply(value),
-        )
-        .await?;
+        apply_service(client, from, name, &selector, |_| {}).await?;
     }
     Ok(())
 }
@@ -80,34 +60,6 @@ async fn wait_converged(client: &Client, n: usize) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-}
-
-/// The operator's writes so far, by kind.
-async fn writes(operator: &OperatorProcess) -> anyhow::Result<BTreeMap<String, u64>> {
-    let text = operator.metrics().await?;
-    let mut out = BTreeMap::new();
-    for line in text.lines() {
-        let Some(rest) = line.strip_prefix("consorzio_api_writes_total{kind=\"") else {
-            continue;
-        };
-        let (kind, value) = rest.split_once("\"}").context("malformed sample")?;
-        let value: f64 = value.trim().parse()?;
-        out.insert(kind.to_string(), value as u64);
-    }
-    Ok(out)
-}
-
-/// Waits until the operator has written nothing for 5 s, and returns its writes.
-async fn quiet(operator: &OperatorProcess) -> anyhow::Result<BTreeMap<String, u64>> {
-    let mut last = writes(operator).await?;
-    let mut still = 0;
-    while still < 5 {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let now = writes(operator).await?;
-        still = if now == last { still + 1 } else { 0 };
-        last = now;
-    }
-    Ok(last)
 }
 
 fn difference(
@@ -143,7 +95,7 @@ pub async fn run(
             .try_collect::<Vec<_>>()
             .await?;
         wait_converged(&client, size).await?;
-        let before = quiet(operator).await?;
+        let before = operator.quiet().await?;
         let grown = start.elapsed();
 
         let joiner = format!("bench-join-{size}");
@@ -151,7 +103,7 @@ pub async fn run(
         apply(&api, &joiner).await?;
         wait_converged(&client, size + 1).await?;
         let served = start.elapsed();
-        let after = quiet(operator).await?;
+        let after = operator.quiet().await?;
         fleet = size + 1;
 
         let by_kind = difference(&after, &before);

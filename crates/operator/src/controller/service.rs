@@ -9,7 +9,7 @@ use consorzio_api::{
     Municipality, NotReady, RolloutStatus, ServiceInstanceStatus, SharedService,
     SharedServiceStatus, VolumeReclaimPolicy,
 };
-use futures::{Stream, StreamExt, TryStreamExt, future::try_join_all};
+use futures::{FutureExt, Stream, StreamExt, TryStreamExt, future::try_join_all};
 use k8s_openapi::{
     ByteString,
     api::{
@@ -92,7 +92,7 @@ pub async fn run(
         .reconcile_on(triggers.map(|r: ObjectRef<SharedService>| ObjectRef::new(&r.name)))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
-        .for_each(|_| async {})
+        .for_each(super::log_outcome)
         .await;
 }
 
@@ -209,7 +209,7 @@ fn max_unavailable(s: &SharedService, total: usize) -> usize {
 async fn reconcile_service(s: &SharedService, ctx: &Context) -> Result<Action, Error> {
     // The comuni come from this controller's own Municipality cache. Until it has listed them
     // all, no comune may look unselected: that would remove instances.
-    if ctx.stores.comuni.wait_until_ready().await.is_err() {
+    if !listed(&ctx.stores.comuni) {
         return Ok(Action::requeue(Duration::from_secs(1)));
     }
     if s.meta().deletion_timestamp.is_some() {
@@ -222,6 +222,17 @@ async fn reconcile_service(s: &SharedService, ctx: &Context) -> Result<Action, E
     } else {
         reconcile_shared(s, &comuni, ctx).await
     }
+}
+
+/// Whether a cache has listed its objects once. Checked, not awaited: a store's readiness wakes
+/// only one of the tasks waiting for it, so concurrent reconciles that awaited it could wait
+/// forever (seen as Dedicated services never reconciled after an operator restart).
+fn listed<K>(store: &reflector::Store<K>) -> bool
+where
+    K: kube::runtime::reflector::Lookup + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    matches!(store.wait_until_ready().now_or_never(), Some(Ok(())))
 }
 
 /// Runs `work` on every item, at most `--concurrency` at a time: a reconcile that touches many
@@ -1007,5 +1018,22 @@ fn summarize_shared(s: &SharedService, ns: &str, state: InstanceState) -> Summar
             total: 1,
         }),
         halted: (state == InstanceState::Stalled).then(|| vec![ns.to_string()]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_cache_counts_as_listed_after_its_first_list_and_checking_never_waits() {
+        let (store, mut writer) = reflector::store::<Namespace>();
+        // Concurrent checks before the first list completes each answer at once.
+        let checks = futures::future::join_all((0..3).map(|_| async { listed(&store) })).await;
+        assert_eq!(checks, [false, false, false]);
+        writer.apply_watcher_event(&kube::runtime::watcher::Event::Init);
+        assert!(!listed(&store));
+        writer.apply_watcher_event(&kube::runtime::watcher::Event::InitDone);
+        assert!(listed(&store));
     }
 }

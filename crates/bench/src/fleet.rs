@@ -1,0 +1,646 @@
+//! `consorzio-bench fleet`: the first N comuni of Italy served by three services (two Dedicated,
+//! one Shared), measured in five scenarios, and the same objects applied without the operator.
+
+use std::{
+    collections::{HashMap, HashSet},
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use consorzio_api::{Municipality, SharedService};
+use consorzio_testkit::{Cluster, OperatorProcess, wait_for, yaml_documents};
+use futures::{StreamExt, TryStreamExt, stream};
+use k8s_openapi::api::{
+    apps::v1::Deployment,
+    core::v1::{Namespace, Node},
+};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams},
+    discovery::{ApiResource, Scope, pinned_kind},
+    runtime::{WatchStreamExt, watcher},
+};
+use serde_json::{Value, json};
+
+use crate::{apply_service, clean_up, comuni::Comune, is_ready, service_manifest};
+
+/// The services, from the example catalogue: two Dedicated, one Shared, for every comune.
+const SERVICES: [(&str, &str); 3] = [
+    ("sito-comunale", "bench-sito"),
+    ("nextcloud", "bench-files"),
+    ("sit", "bench-sit"),
+];
+/// The service whose image changes in the last scenario.
+const ROLLED: &str = "bench-sito";
+const NEW_IMAGE: &str = "docker.io/library/wordpress:6.7.1-apache";
+
+#[derive(Debug)]
+pub struct Options {
+    pub sizes: Vec<usize>,
+    pub onboard: usize,
+    pub concurrency: usize,
+    pub bin: PathBuf,
+}
+
+/// What one fleet size measured.
+#[derive(Debug, Clone)]
+pub struct Figures {
+    pub n: usize,
+    /// Objects `consorzio render` gives for the fleet, and the time to apply them directly and
+    /// see every Deployment Available.
+    pub direct_objects: usize,
+    pub direct: Duration,
+    pub cold: Duration,
+    pub cold_writes: u64,
+    pub cold_peak_kib: u64,
+    pub cold_cpu_seconds: f64,
+    /// Apply -> Ready of each comune onboarded into the converged fleet, sorted.
+    pub onboarding: Vec<Duration>,
+    pub resync: Duration,
+    pub resync_writes: u64,
+    pub resync_peak_kib: u64,
+    pub rollout: Duration,
+    pub rollout_wave: i64,
+}
+
+impl Figures {
+    pub fn ratio(&self) -> f64 {
+        self.cold.as_secs_f64() / self.direct.as_secs_f64()
+    }
+}
+
+fn timeout(n: usize) -> Duration {
+    Duration::from_secs(600 + n as u64)
+}
+
+fn start_operator(cluster: &Cluster, options: &Options) -> anyhow::Result<OperatorProcess> {
+    let concurrency = options.concurrency.to_string();
+    OperatorProcess::start(
+        cluster,
+        &options.bin,
+        "bench-operator",
+        &["--leader-election=false", "--concurrency", &concurrency],
+    )
+}
+
+pub async fn run(
+    cluster: &Cluster,
+    client: &Client,
+    options: &Options,
+) -> anyhow::Result<Vec<Figures>> {
+    let comuni = &available_comuni(client).await?;
+    let largest = options.sizes.iter().max().copied().unwrap_or(0) + options.onboard;
+    if largest > comuni.len() {
+        bail!(
+            "--municipalities {} plus {} onboarded: the fixture has {} comuni",
+            largest - options.onboard,
+            options.onboard,
+            comuni.len()
+        );
+    }
+    check_capacity(client, largest).await?;
+    let mut all = vec![];
+    for &n in &options.sizes {
+        let figures = measure(cluster, client, &comuni[..n + options.onboard], n, options)
+            .await
+            .with_context(|| format!("fleet of {n} comuni"))?;
+        println!("{}", crate::report::table(std::slice::from_ref(&figures)));
+        all.push(figures);
+    }
+    Ok(all)
+}
+
+/// On the namespaces the physical-limit scenario applies, so that an interrupted run's are found.
+const DIRECT_LABEL: &str = "consorzio.io/bench-direct";
+
+/// The fixture's comuni, less those whose Municipality or namespace exists outside the
+/// benchmark (`make run`'s examples are real comuni): the benchmark never touches them. The
+/// namespaces an interrupted physical-limit scenario left are deleted first.
+async fn available_comuni(client: &Client) -> anyhow::Result<Vec<Comune>> {
+    let namespaces = Api::<Namespace>::all(client.clone());
+    let leftovers: HashSet<String> = namespaces
+        .list_metadata(&ListParams::default().labels(DIRECT_LABEL))
+        .await?
+        .items
+        .iter()
+        .map(|ns| ns.name_any())
+        .collect();
+    for name in &leftovers {
+        namespaces.delete(name, &DeleteParams::background()).await?;
+    }
+    wait_namespaces_gone(client, leftovers).await?;
+    let mut taken: HashSet<String> = Api::<Municipality>::all(client.clone())
+        .list_metadata(&ListParams::default())
+        .await?
+        .items
+        .iter()
+        .map(|m| m.name_any())
+        .collect();
+    taken.extend(
+        namespaces
+            .list_metadata(&ListParams::default())
+            .await?
+            .items
+            .iter()
+            .filter_map(|ns| Some(ns.name_any().strip_prefix("comune-")?.to_string())),
+    );
+    Ok(crate::comuni::all()?
+        .into_iter()
+        .filter(|c| !taken.contains(&c.name))
+        .collect())
+}
+
+/// The machine, versions and command, for the report.
+pub async fn context(
+    cluster: &Cluster,
+    client: &Client,
+    options: &Options,
+) -> anyhow::Result<String> {
+    let run = |program: &Path, args: &[&str]| -> String {
+        std::process::Command::new(program)
+            .args(args)
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "unknown".into())
+    };
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name")?.split_once(':').map(|(_, v)| v.trim()))
+        .unwrap_or("unknown CPU");
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let memory_kib: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:")?.trim().strip_suffix("kB")?.trim().parse().ok())
+        .unwrap_or(0);
+    let kubernetes = client.apiserver_version().await?.git_version;
+    let etcd = run(&cluster.bin("kcp"), &["etcd", "--version"]);
+    let etcd = etcd.lines().next().unwrap_or("unknown");
+    let sizes: Vec<String> = options.sizes.iter().map(|n| n.to_string()).collect();
+    Ok(format!(
+        "Measured on {date} with `consorzio-bench fleet --municipalities {sizes} --onboard {onboard} --concurrency {concurrency}` \
+         (release build; `make bench-fleet` runs it), consorzio {commit}.\n\n\
+         - Machine: {model}, {cores} cores, {memory:.0} GiB; {kernel}\n\
+         - Control plane (tests/cluster): Kubernetes {kubernetes}, {etcd}, kwok {kwok}\n\
+         - {rustc}",
+        date = run(Path::new("date"), &["-u", "+%Y-%m-%d %H:%M UTC"]),
+        sizes = sizes.join(","),
+        onboard = options.onboard,
+        concurrency = options.concurrency,
+        commit = run(Path::new("git"), &["describe", "--always", "--dirty"]),
+        memory = memory_kib as f64 / 1024.0 / 1024.0,
+        kernel = run(Path::new("uname"), &["-sr"]),
+        kwok = run(&cluster.bin("kwok"), &["--version"]),
+        rustc = run(Path::new("rustc"), &["--version"]),
+    ))
+}
+
+/// Fails early, saying what to do, when the fake nodes cannot hold every instance's pod.
+async fn check_capacity(client: &Client, comuni: usize) -> anyhow::Result<()> {
+    let nodes = Api::<Node>::all(client.clone())
+        .list(&ListParams::default().labels("type=kwok"))
+        .await?;
+    let capacity: i64 = nodes
+        .iter()
+        .filter_map(|n| n.status.as_ref()?.allocatable.as_ref()?.get("pods"))
+        // Canonical quantities: "1000" is written "1k".
+        .filter_map(|q| match q.0.strip_suffix('k') {
+            Some(thousands) => thousands.parse::<i64>().ok().map(|k| k * 1000),
+            None => q.0.parse::<i64>().ok(),
+        })
+        .sum();
+    let needed = 2 * comuni as i64 + 1;
+    if capacity < needed {
+        bail!(
+            "{comuni} comuni need {needed} pods but the fake nodes hold {capacity}: restart the \
+             control plane with more nodes, e.g. `tests/cluster/down && CONSORZIO_FAKE_NODES={} tests/cluster/up`",
+            needed / 10_000 + 1
+        );
+    }
+    Ok(())
+}
+
+async fn measure(
+    cluster: &Cluster,
+    client: &Client,
+    comuni: &[Comune],
+    n: usize,
+    options: &Options,
+) -> anyhow::Result<Figures> {
+    let (fleet, joiners) = comuni.split_at(n);
+    let municipalities = Api::<Municipality>::all(client.clone());
+    let services = Api::<SharedService>::all(client.clone());
+    let selector = json!({"matchLabels": {"consorzio.io/bench": "true"}});
+
+    // 2. The physical limit, first, on a cluster without the fleet.
+    eprintln!("[{n}] physical limit: applying `consorzio render` output directly");
+    let (direct_objects, direct) = direct(client, fleet, &selector, options).await?;
+
+    // 1. Cold start.
+    eprintln!("[{n}] cold start");
+    let mut operator = start_operator(cluster, options)?;
+    operator.wait_leading().await?;
+    let start = Instant::now();
+    for (from, name) in SERVICES {
+        apply_service(client, from, name, &selector, rollout_settings).await?;
+    }
+    stream::iter(fleet)
+        .map(|c| apply(&municipalities, c))
+        .buffer_unordered(options.concurrency)
+        .try_collect::<Vec<_>>()
+        .await?;
+    wait_served(client, n, timeout(n)).await?;
+    let cold = start.elapsed();
+    let cold_writes = operator.quiet().await?.values().sum();
+    let cold_peak_kib = operator.memory_kib()?.1;
+    let cold_cpu_seconds = operator.cpu_seconds()?;
+
+    // 3. Steady onboarding, one comune at a time.
+    eprintln!("[{n}] onboarding {} comuni one at a time", joiners.len());
+    let mut onboarding = vec![];
+    for c in joiners {
+        let start = Instant::now();
+        apply(&municipalities, c).await?;
+        wait_for(
+            &format!("{} Ready", c.name),
+            Duration::from_secs(60),
+            || async {
+                match municipalities.get(&c.name).await? {
+                    m if is_ready(&m) => Ok(()),
+                    _ => bail!("not Ready"),
+                }
+            },
+        )
+        .await?;
+        onboarding.push(start.elapsed());
+    }
+    onboarding.sort();
+    wait_served(client, comuni.len(), timeout(n)).await?;
+    operator.quiet().await?;
+
+    // 4. No-op resync: a new operator on the converged fleet.
+    eprintln!("[{n}] no-op resync");
+    operator.stop();
+    let start = Instant::now();
+    let operator = start_operator(cluster, options)?;
+    let (m_count, s_count) = (
+        municipalities.list_metadata(&ListParams::default()).await?.items.len(),
+        services.list_metadata(&ListParams::default()).await?.items.len(),
+    );
+    wait_for(
+        "the initial reconcile of every object",
+        timeout(n),
+        || async {
+            let m = operator
+                .metric_sum("consorzio_reconcile_total", "controller=\"municipality\"")
+                .await?;
+            let s = operator
+                .metric_sum("consorzio_reconcile_total", "controller=\"sharedservice\"")
+                .await?;
+            if m < m_count as f64 || s < s_count as f64 {
+                bail!("{m} of {m_count} Municipalities and {s} of {s_count} SharedServices reconciled");
+            }
+            Ok(())
+        },
+    )
+    .await?;
+    let resync = start.elapsed();
+    let resync_writes = operator.quiet().await?.values().sum();
+    let resync_peak_kib = operator.memory_kib()?.1;
+
+    // 5. One change, whole fleet.
+    eprintln!("[{n}] rolling out a new image of {ROLLED}");
+    let start = Instant::now();
+    services
+        .patch(
+            ROLLED,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"template": {"image": NEW_IMAGE}}})),
+        )
+        .await?;
+    let rolled = wait_for(
+        &format!("the rollout of {ROLLED} to every comune"),
+        timeout(n),
+        || async {
+            let s = services.get(ROLLED).await?;
+            let status = s.status.clone().unwrap_or_default();
+            let rollout = status.rollout.clone().unwrap_or_default();
+            let done = status.observed_generation == s.metadata.generation
+                && rollout.target_version.contains("6.7.1")
+                && rollout.updated == rollout.total
+                && rollout.total == comuni.len() as i32
+                && status.ready_instances == status.desired_instances;
+            if !done {
+                bail!("{status:?}");
+            }
+            Ok(s)
+        },
+    )
+    .await?;
+    let rollout = start.elapsed();
+    let rollout_wave = wave(&rolled, comuni.len());
+
+    eprintln!("[{n}] cleaning up");
+    clean_up(&services).await?;
+    clean_up(&municipalities).await?;
+    wait_namespaces_gone(client, namespaces(comuni)).await?;
+    drop(operator);
+    Ok(Figures {
+        n,
+        direct_objects,
+        direct,
+        cold,
+        cold_writes,
+        cold_peak_kib,
+        cold_cpu_seconds,
+        onboarding,
+        resync,
+        resync_writes,
+        resync_peak_kib,
+        rollout,
+        rollout_wave,
+    })
+}
+
+/// Waves of a tenth of the fleet.
+fn rollout_settings(service: &mut Value) {
+    service["spec"]["rollout"] = json!({"maxUnavailable": "10%"});
+    // Overrides name the catalogue's comuni; storage must fit a comune's default quota
+    // (100Gi) beside the other Dedicated service.
+    if let Some(spec) = service["spec"].as_object_mut() {
+        spec.remove("overrides");
+    }
+    if service["spec"]["template"]["storage"].is_object() {
+        service["spec"]["template"]["storage"]["size"] = "10Gi".into();
+    }
+}
+
+/// The number of comuni in one wave of the rollout.
+fn wave(service: &SharedService, comuni: usize) -> i64 {
+    match &service.spec.rollout.max_unavailable {
+        k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(i) => i64::from(*i),
+        k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(s) => {
+            let percent: i64 = s.trim_end_matches('%').parse().unwrap_or(100);
+            (comuni as i64 * percent + 99) / 100
+        }
+    }
+}
+
+async fn apply(api: &Api<Municipality>, c: &Comune) -> anyhow::Result<()> {
+    api.patch(
+        &c.name,
+        &PatchParams::apply("consorzio-bench").force(),
+        &Patch::Apply(c.manifest()),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Every comune's namespace, and the Shared service's.
+fn namespaces(comuni: &[Comune]) -> HashSet<String> {
+    comuni
+        .iter()
+        .map(|c| format!("comune-{}", c.name))
+        .chain(std::iter::once(format!("shared-{}", SERVICES[2].1)))
+        .collect()
+}
+
+/// Waits until `n` benchmark comuni are Ready and served by every service, and the services
+/// are Ready.
+async fn wait_served(client: &Client, n: usize, timeout: Duration) -> anyhow::Result<()> {
+    let served = |m: &Municipality| {
+        is_ready(m)
+            && m.status.as_ref().is_some_and(|s| {
+                SERVICES.iter().all(|(_, name)| {
+                    s.services
+                        .iter()
+                        .any(|e| e.name == *name && e.phase == "Ready")
+                })
+            })
+    };
+    let api = Api::<Municipality>::all(client.clone());
+    let config = watcher::Config::default().labels("consorzio.io/bench=true");
+    wait_count(api, config, n, timeout, served, "comuni served by every service").await?;
+    let services = Api::<SharedService>::all(client.clone());
+    for (_, name) in SERVICES {
+        wait_for(&format!("{name} Ready"), timeout, || async {
+            let s = services.get(name).await?;
+            let status = s.status.clone().unwrap_or_default();
+            let ready = status.observed_generation == s.metadata.generation
+                && status.ready_instances == status.desired_instances
+                && status
+                    .conditions
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True");
+            if !ready {
+                bail!("{status:?}");
+            }
+            Ok(())
+        })
+        .await?;
+    }
+    Ok(())
+}
+
+/// Watches `api` until `n` objects satisfy `done`.
+async fn wait_count<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    n: usize,
+    timeout: Duration,
+    done: impl Fn(&K) -> bool,
+    what: &str,
+) -> anyhow::Result<()>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    let mut events = watcher(api, config).default_backoff().boxed();
+    let mut ok = HashSet::new();
+    let deadline = tokio::time::sleep(timeout);
+    tokio::pin!(deadline);
+    while ok.len() < n {
+        tokio::select! {
+            event = events.try_next() => {
+                match event?.context("the watch ended")? {
+                    watcher::Event::Apply(o) | watcher::Event::InitApply(o) => {
+                        let key = (o.namespace(), o.name_any());
+                        if done(&o) { ok.insert(key); } else { ok.remove(&key); }
+                    }
+                    watcher::Event::Delete(o) => { ok.remove(&(o.namespace(), o.name_any())); }
+                    watcher::Event::Init | watcher::Event::InitDone => {}
+                }
+            }
+            _ = &mut deadline => bail!("only {} of {n} {what} after {}s", ok.len(), timeout.as_secs()),
+        }
+    }
+    Ok(())
+}
+
+async fn wait_namespaces_gone(client: &Client, names: HashSet<String>) -> anyhow::Result<()> {
+    let api = Api::<Namespace>::all(client.clone());
+    wait_for(
+        "the benchmark's namespaces to be deleted",
+        Duration::from_secs(3600),
+        || async {
+            let left = api
+                .list_metadata(&ListParams::default())
+                .await?
+                .items
+                .iter()
+                .filter(|ns| names.contains(&ns.name_any()))
+                .count();
+            if left > 0 {
+                bail!("{left} left");
+            }
+            Ok(())
+        },
+    )
+    .await
+}
+
+/// The physical limit: the objects `consorzio render` gives for the fleet and its services,
+/// applied by server-side apply at the operator's concurrency (namespaces first), until every
+/// Deployment is Available. Deletes them afterwards. Returns the object count and the time.
+async fn direct(
+    client: &Client,
+    fleet: &[Comune],
+    selector: &Value,
+    options: &Options,
+) -> anyhow::Result<(usize, Duration)> {
+    let mut input = vec![];
+    for (from, name) in SERVICES {
+        input.push(service_manifest(from, name, selector, rollout_settings)?);
+    }
+    input.extend(fleet.iter().map(Comune::manifest));
+    let docs = render(&options.bin, &input)?;
+
+    let mut resources: HashMap<(String, String), (ApiResource, bool)> = HashMap::new();
+    let mut objects = vec![];
+    // A namespace appears again for each subscription label, which another field manager
+    // applies, as the operator does.
+    let mut seen = HashMap::<String, usize>::new();
+    let mut deployments = HashSet::new();
+    let mut namespaces = HashSet::new();
+    for doc in docs {
+        let api_version = doc["apiVersion"].as_str().context("apiVersion")?.to_string();
+        let kind = doc["kind"].as_str().context("kind")?.to_string();
+        let key = (api_version.clone(), kind.clone());
+        if !resources.contains_key(&key) {
+            let (group, version) = api_version.split_once('/').unwrap_or(("", &api_version));
+            let (resource, capabilities) =
+                pinned_kind(client, &GroupVersionKind::gvk(group, version, &kind)).await?;
+            resources.insert(
+                key.clone(),
+                (resource, capabilities.scope == Scope::Namespaced),
+            );
+        }
+        let object: DynamicObject = serde_json::from_value(doc)?;
+        let id = format!("{kind}/{}/{}", object.namespace().unwrap_or_default(), object.name_any());
+        let occurrence = *seen.entry(id.clone()).and_modify(|n| *n += 1).or_insert(1);
+        if kind == "Deployment" {
+            deployments.insert((object.namespace(), object.name_any()));
+        }
+        let mut object = object;
+        if kind == "Namespace" && occurrence == 1 {
+            namespaces.insert(object.name_any());
+            object
+                .labels_mut()
+                .insert(DIRECT_LABEL.into(), "true".into());
+        }
+        objects.push((key, object, occurrence));
+    }
+    let count = objects.len();
+    let (first, rest): (Vec<_>, Vec<_>) = objects
+        .into_iter()
+        .partition(|(key, _, occurrence)| key.1 == "Namespace" && *occurrence == 1);
+
+    let start = Instant::now();
+    for batch in [first, rest] {
+        stream::iter(batch)
+            .map(|(key, object, occurrence)| {
+                let (resource, namespaced) = &resources[&key];
+                let api: Api<DynamicObject> = match (namespaced, object.namespace()) {
+                    (true, Some(ns)) => Api::namespaced_with(client.clone(), &ns, resource),
+                    _ => Api::all_with(client.clone(), resource),
+                };
+                let manager = match occurrence {
+                    1 => "consorzio-bench-direct".to_string(),
+                    k => format!("consorzio-bench-direct-{k}"),
+                };
+                async move {
+                    api.patch(
+                        &object.name_any(),
+                        &PatchParams::apply(&manager).force(),
+                        &Patch::Apply(&object),
+                    )
+                    .await
+                    .with_context(|| format!("applying {} {}", key.1, object.name_any()))
+                }
+            })
+            .buffer_unordered(options.concurrency)
+            .try_collect::<Vec<_>>()
+            .await?;
+    }
+    let available = |d: &Deployment| {
+        deployments.contains(&(d.namespace(), d.name_any()))
+            && d.status.as_ref().is_some_and(|s| {
+                s.observed_generation == d.metadata.generation
+                    && s.conditions.iter().flatten().any(|c| {
+                        c.type_ == "Available" && c.status == "True"
+                    })
+            })
+    };
+    let config = watcher::Config::default().labels(consorzio::render::service::SERVICE_LABEL);
+    wait_count(
+        Api::<Deployment>::all(client.clone()),
+        config,
+        deployments.len(),
+        timeout(fleet.len()),
+        available,
+        "Deployments Available",
+    )
+    .await?;
+    let elapsed = start.elapsed();
+
+    let api = Api::<Namespace>::all(client.clone());
+    stream::iter(namespaces.iter())
+        .map(|name| {
+            let api = api.clone();
+            async move { api.delete(name, &DeleteParams::background()).await }
+        })
+        .buffer_unordered(options.concurrency)
+        .try_collect::<Vec<_>>()
+        .await?;
+    wait_namespaces_gone(client, namespaces).await?;
+    Ok((count, elapsed))
+}
+
+/// `consorzio render` of the given objects.
+fn render(bin: &Path, input: &[Value]) -> anyhow::Result<Vec<Value>> {
+    let mut text = String::new();
+    for value in input {
+        text.push_str("---\n");
+        text.push_str(&serde_json::to_string(value)?);
+        text.push('\n');
+    }
+    let file = std::env::temp_dir().join(format!("consorzio-bench-fleet-{}.yaml", std::process::id()));
+    std::fs::write(&file, text)?;
+    let output = std::process::Command::new(bin)
+        .args(["render", "-f"])
+        .arg(&file)
+        .args(["--pod-toleration", "kwok.x-k8s.io/node:NoSchedule"])
+        .output()
+        .with_context(|| format!("running {} render", bin.display()))?;
+    let _ = std::fs::remove_file(&file);
+    if !output.status.success() {
+        bail!(
+            "consorzio render failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    yaml_documents(&String::from_utf8(output.stdout)?)
+}
