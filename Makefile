@@ -7,7 +7,7 @@ CLUSTER := tests/cluster
 # Two cores: cargo's own parallelism plus two test threads keeps the control plane responsive.
 TEST_THREADS ?= 2
 
-.PHONY: run bench test test-unit cluster-up cluster-down cluster-selftest lint fmt crds manifests
+.PHONY: run bench bench-controllers test test-unit cluster-up cluster-down cluster-selftest lint fmt crds manifests
 
 METRICS_ADDR ?= 127.0.0.1:8080
 
@@ -66,8 +66,16 @@ manifests: cluster-up crds
 	$(HELM) template consorzio charts/consorzio --namespace consorzio \
 	  --show-only templates/tenant-roles.yaml > deploy/rbac/tenant-roles.yaml
 
-# Benchmarks against the local control plane (release build of the operator); they print figures.
+# The fleet benchmark: Italy's comuni (BENCH_SIZES of them, one size after another) against the
+# local control plane and against the physical limit; prints a table and writes
+# docs/benchmarks.md and its plot. Release build, the operator as its own process.
+BENCH_SIZES ?= 500
 bench: cluster-up
+	cargo build --release -p consorzio -p consorzio-bench
+	target/release/consorzio-bench fleet --municipalities $(BENCH_SIZES) --report docs/benchmarks.md
+
+# The controllers' own benchmarks: onboarding latency, memory, writes per joining comune.
+bench-controllers: cluster-up
 	cargo build --release -p consorzio -p consorzio-bench
 	target/release/consorzio-bench onboarding --municipalities 50
 	target/release/consorzio-bench memory --municipalities 500

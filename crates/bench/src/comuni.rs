@@ -57,8 +57,16 @@ fn parse(text: &str) -> anyhow::Result<Vec<Comune>> {
         .enumerate()
         .map(|(i, line)| {
             let f: Vec<&str> = line.splitn(8, ',').collect();
-            let [name, istat, belfiore, province, region, union, population, display_name] =
-                f[..]
+            let [
+                name,
+                istat,
+                belfiore,
+                province,
+                region,
+                union,
+                population,
+                display_name,
+            ] = f[..]
             else {
                 bail!("comuni fixture, line {}: expected 8 fields", i + 2);
             };
@@ -110,7 +118,11 @@ fn slug(text: &str) -> String {
 /// provinces gets the province's code appended (`castro-bg`, `castro-le`).
 pub fn generate(source_json: &str) -> anyhow::Result<String> {
     let mut source: Vec<Source> = serde_json::from_str(source_json).context("comuni.json")?;
-    source.sort_by(|a, b| slug(&a.nome).cmp(&slug(&b.nome)).then(a.sigla.cmp(&b.sigla)));
+    source.sort_by(|a, b| {
+        slug(&a.nome)
+            .cmp(&slug(&b.nome))
+            .then(a.sigla.cmp(&b.sigla))
+    });
     let mut uses = HashMap::<String, usize>::new();
     for s in &source {
         *uses.entry(slug(&s.nome)).or_default() += 1;

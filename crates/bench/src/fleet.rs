@@ -105,7 +105,6 @@ pub async fn run(
         let figures = measure(cluster, client, &comuni[..n + options.onboard], n, options)
             .await
             .with_context(|| format!("fleet of {n} comuni"))?;
-        println!("{}", crate::report::table(std::slice::from_ref(&figures)));
         all.push(figures);
     }
     Ok(all)
@@ -169,21 +168,38 @@ pub async fn context(
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo
         .lines()
-        .find_map(|l| l.strip_prefix("model name")?.split_once(':').map(|(_, v)| v.trim()))
+        .find_map(|l| {
+            l.strip_prefix("model name")?
+                .split_once(':')
+                .map(|(_, v)| v.trim())
+        })
         .unwrap_or("unknown CPU");
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
     let memory_kib: u64 = meminfo
         .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:")?.trim().strip_suffix("kB")?.trim().parse().ok())
+        .find_map(|l| {
+            l.strip_prefix("MemTotal:")?
+                .trim()
+                .strip_suffix("kB")?
+                .trim()
+                .parse()
+                .ok()
+        })
         .unwrap_or(0);
     let kubernetes = client.apiserver_version().await?.git_version;
     let etcd = run(&cluster.bin("kcp"), &["etcd", "--version"]);
-    let etcd = etcd.lines().next().unwrap_or("unknown");
+    let etcd = etcd
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .replace("Version: ", "");
+    let kwok = run(&cluster.bin("kwok"), &["--version"]);
+    let kwok = kwok.split_whitespace().nth(2).unwrap_or("unknown");
     let sizes: Vec<String> = options.sizes.iter().map(|n| n.to_string()).collect();
     Ok(format!(
         "Measured on {date} with `consorzio-bench fleet --municipalities {sizes} --onboard {onboard} --concurrency {concurrency}` \
-         (release build; `make bench-fleet` runs it), consorzio {commit}.\n\n\
+         (release build; `make bench BENCH_SIZES=...` runs it), consorzio {commit}.\n\n\
          - Machine: {model}, {cores} cores, {memory:.0} GiB; {kernel}\n\
          - Control plane (tests/cluster): Kubernetes {kubernetes}, {etcd}, kwok {kwok}\n\
          - {rustc}",
@@ -194,7 +210,6 @@ pub async fn context(
         commit = run(Path::new("git"), &["describe", "--always", "--dirty"]),
         memory = memory_kib as f64 / 1024.0 / 1024.0,
         kernel = run(Path::new("uname"), &["-sr"]),
-        kwok = run(&cluster.bin("kwok"), &["--version"]),
         rustc = run(Path::new("rustc"), &["--version"]),
     ))
 }
@@ -239,6 +254,7 @@ async fn measure(
     // 2. The physical limit, first, on a cluster without the fleet.
     eprintln!("[{n}] physical limit: applying `consorzio render` output directly");
     let (direct_objects, direct) = direct(client, fleet, &selector, options).await?;
+    eprintln!("[{n}] physical limit: {direct_objects} objects in {direct:?}");
 
     // 1. Cold start.
     eprintln!("[{n}] cold start");
@@ -255,7 +271,11 @@ async fn measure(
         .await?;
     wait_served(client, n, timeout(n)).await?;
     let cold = start.elapsed();
-    let cold_writes = operator.quiet().await?.values().sum();
+    // Quiet for longer than the operator defers a comune's quota usage (30 s), so that those
+    // writes count too.
+    let by_kind = operator.quiet_for(35).await?;
+    let cold_writes = by_kind.values().sum();
+    eprintln!("[{n}] cold start: {cold:?}, operator writes by kind: {by_kind:?}");
     let cold_peak_kib = operator.memory_kib()?.1;
     let cold_cpu_seconds = operator.cpu_seconds()?;
 
@@ -280,7 +300,8 @@ async fn measure(
     }
     onboarding.sort();
     wait_served(client, comuni.len(), timeout(n)).await?;
-    operator.quiet().await?;
+    // Converged: the deferred quota usage written too.
+    operator.quiet_for(35).await?;
 
     // 4. No-op resync: a new operator on the converged fleet.
     eprintln!("[{n}] no-op resync");
@@ -288,8 +309,16 @@ async fn measure(
     let start = Instant::now();
     let operator = start_operator(cluster, options)?;
     let (m_count, s_count) = (
-        municipalities.list_metadata(&ListParams::default()).await?.items.len(),
-        services.list_metadata(&ListParams::default()).await?.items.len(),
+        municipalities
+            .list_metadata(&ListParams::default())
+            .await?
+            .items
+            .len(),
+        services
+            .list_metadata(&ListParams::default())
+            .await?
+            .items
+            .len(),
     );
     wait_for(
         "the initial reconcile of every object",
@@ -302,7 +331,9 @@ async fn measure(
                 .metric_sum("consorzio_reconcile_total", "controller=\"sharedservice\"")
                 .await?;
             if m < m_count as f64 || s < s_count as f64 {
-                bail!("{m} of {m_count} Municipalities and {s} of {s_count} SharedServices reconciled");
+                bail!(
+                    "{m} of {m_count} Municipalities and {s} of {s_count} SharedServices reconciled"
+                );
             }
             Ok(())
         },
@@ -344,12 +375,7 @@ async fn measure(
     let rollout = start.elapsed();
     let rollout_wave = wave(&rolled, comuni.len());
 
-    eprintln!("[{n}] cleaning up");
-    clean_up(&services).await?;
-    clean_up(&municipalities).await?;
-    wait_namespaces_gone(client, namespaces(comuni)).await?;
-    drop(operator);
-    Ok(Figures {
+    let figures = Figures {
         n,
         direct_objects,
         direct,
@@ -363,7 +389,15 @@ async fn measure(
         resync_peak_kib,
         rollout,
         rollout_wave,
-    })
+    };
+    // The figures first: a long clean-up that fails must not lose them.
+    println!("{}", crate::report::table(std::slice::from_ref(&figures)));
+    eprintln!("[{n}] cleaning up");
+    clean_up(&services).await?;
+    clean_up(&municipalities).await?;
+    wait_namespaces_gone(client, namespaces(comuni)).await?;
+    drop(operator);
+    Ok(figures)
 }
 
 /// Waves of a tenth of the fleet.
@@ -424,7 +458,15 @@ async fn wait_served(client: &Client, n: usize, timeout: Duration) -> anyhow::Re
     };
     let api = Api::<Municipality>::all(client.clone());
     let config = watcher::Config::default().labels("consorzio.io/bench=true");
-    wait_count(api, config, n, timeout, served, "comuni served by every service").await?;
+    wait_count(
+        api,
+        config,
+        n,
+        timeout,
+        served,
+        "comuni served by every service",
+    )
+    .await?;
     let services = Api::<SharedService>::all(client.clone());
     for (_, name) in SERVICES {
         wait_for(&format!("{name} Ready"), timeout, || async {
@@ -526,7 +568,10 @@ async fn direct(
     let mut deployments = HashSet::new();
     let mut namespaces = HashSet::new();
     for doc in docs {
-        let api_version = doc["apiVersion"].as_str().context("apiVersion")?.to_string();
+        let api_version = doc["apiVersion"]
+            .as_str()
+            .context("apiVersion")?
+            .to_string();
         let kind = doc["kind"].as_str().context("kind")?.to_string();
         let key = (api_version.clone(), kind.clone());
         if !resources.contains_key(&key) {
@@ -539,7 +584,11 @@ async fn direct(
             );
         }
         let object: DynamicObject = serde_json::from_value(doc)?;
-        let id = format!("{kind}/{}/{}", object.namespace().unwrap_or_default(), object.name_any());
+        let id = format!(
+            "{kind}/{}/{}",
+            object.namespace().unwrap_or_default(),
+            object.name_any()
+        );
         let occurrence = *seen.entry(id.clone()).and_modify(|n| *n += 1).or_insert(1);
         if kind == "Deployment" {
             deployments.insert((object.namespace(), object.name_any()));
@@ -589,9 +638,10 @@ async fn direct(
         deployments.contains(&(d.namespace(), d.name_any()))
             && d.status.as_ref().is_some_and(|s| {
                 s.observed_generation == d.metadata.generation
-                    && s.conditions.iter().flatten().any(|c| {
-                        c.type_ == "Available" && c.status == "True"
-                    })
+                    && s.conditions
+                        .iter()
+                        .flatten()
+                        .any(|c| c.type_ == "Available" && c.status == "True")
             })
     };
     let config = watcher::Config::default().labels(consorzio::render::service::SERVICE_LABEL);
@@ -627,7 +677,8 @@ fn render(bin: &Path, input: &[Value]) -> anyhow::Result<Vec<Value>> {
         text.push_str(&serde_json::to_string(value)?);
         text.push('\n');
     }
-    let file = std::env::temp_dir().join(format!("consorzio-bench-fleet-{}.yaml", std::process::id()));
+    let file =
+        std::env::temp_dir().join(format!("consorzio-bench-fleet-{}.yaml", std::process::id()));
     std::fs::write(&file, text)?;
     let output = std::process::Command::new(bin)
         .args(["render", "-f"])

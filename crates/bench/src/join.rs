@@ -9,10 +9,7 @@ use std::{
 use anyhow::bail;
 use consorzio_api::Municipality;
 use futures::{StreamExt, TryStreamExt, stream};
-use kube::{
-    Api, Client,
-    api::ListParams,
-};
+use kube::{Api, Client, api::ListParams};
 
 use consorzio_testkit::OperatorProcess;
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use consorzio_api::Municipality;
-use consorzio_testkit::{Cluster, example_manifests, install_crds};
+use consorzio_testkit::{Cluster, example_manifests, install_crds, wait_for};
 use futures::{StreamExt, TryStreamExt, stream};
 use kube::{
     Api, Client,
@@ -170,16 +170,22 @@ where
     K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
     let params = ListParams::default().labels("consorzio.io/bench=true");
-    api.delete_collection(&DeleteParams::background(), &params)
-        .await?;
-    let deadline = Instant::now() + Duration::from_secs(600);
-    while !api.list_metadata(&params).await?.items.is_empty() {
-        if Instant::now() > deadline {
-            bail!("benchmark {}s still there after 10 minutes", K::kind(&()));
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-    Ok(())
+    let kind = K::kind(&()).to_string();
+    // Requests that fail (a connection the API server closed) are tried again.
+    wait_for(
+        &format!("benchmark {kind}s deleted"),
+        Duration::from_secs(1800),
+        || async {
+            api.delete_collection(&DeleteParams::background(), &params)
+                .await?;
+            let left = api.list_metadata(&params).await?.items.len();
+            if left > 0 {
+                bail!("{left} left");
+            }
+            Ok(())
+        },
+    )
+    .await
 }
 
 pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {

@@ -32,22 +32,30 @@ pub fn table(figures: &[Figures]) -> String {
             secs(f.cold)
         }),
         ("1. Cold start: operator API writes (per comune)", |f| {
-            format!("{} ({:.1})", f.cold_writes, f.cold_writes as f64 / f.n as f64)
+            format!(
+                "{} ({:.1})",
+                f.cold_writes,
+                f.cold_writes as f64 / f.n as f64
+            )
         }),
         ("1. Cold start: operator peak RSS", |f| mib(f.cold_peak_kib)),
         ("1. Cold start: operator CPU time", |f| {
             format!("{:.1} s", f.cold_cpu_seconds)
         }),
-        ("2. Physical limit: `consorzio render` objects applied directly", |f| {
-            format!("{} in {}", f.direct_objects, secs(f.direct))
-        }),
+        (
+            "2. Physical limit: `consorzio render` objects applied directly",
+            |f| format!("{} in {}", f.direct_objects, secs(f.direct)),
+        ),
         ("2. Operator time / direct time (target ≤ 1.25)", |f| {
             format!("{:.2}", f.ratio())
         }),
-        ("3. Onboarding, apply → Ready: median (target < 1 s)", |f| {
-            ms(percentile(&f.onboarding, 0.5))
+        (
+            "3. Onboarding, apply → Ready: median (target < 1 s)",
+            |f| ms(percentile(&f.onboarding, 0.5)),
+        ),
+        ("3. Onboarding: p95", |f| {
+            ms(percentile(&f.onboarding, 0.95))
         }),
-        ("3. Onboarding: p95", |f| ms(percentile(&f.onboarding, 0.95))),
         ("3. Onboarding: p99 (target < 2 s)", |f| {
             ms(percentile(&f.onboarding, 0.99))
         }),
@@ -57,10 +65,13 @@ pub fn table(figures: &[Figures]) -> String {
         ("4. No-op resync: start → every object reconciled", |f| {
             secs(f.resync)
         }),
-        ("4. No-op resync: operator peak RSS (target < 64 MiB at 1,000)", |f| {
-            mib(f.resync_peak_kib)
+        (
+            "4. No-op resync: operator peak RSS (target < 64 MiB at 1,000)",
+            |f| mib(f.resync_peak_kib),
+        ),
+        ("5. New image, whole fleet: rollout done", |f| {
+            secs(f.rollout)
         }),
-        ("5. New image, whole fleet: rollout done", |f| secs(f.rollout)),
         ("5. Rollout waves of (10 % of the fleet)", |f| {
             format!("{} comuni", f.rollout_wave)
         }),
@@ -128,14 +139,10 @@ fn plot(path: &Path, figures: &[Figures]) -> anyhow::Result<()> {
     for (i, f) in figures.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
         let count = f.onboarding.len() as f64;
-        let points = f
-            .onboarding
-            .iter()
-            .enumerate()
-            .flat_map(|(k, d)| {
-                let x = d.as_secs_f64() * 1000.0;
-                [(x, k as f64 / count), (x, (k + 1) as f64 / count)]
-            });
+        let points = f.onboarding.iter().enumerate().flat_map(|(k, d)| {
+            let x = d.as_secs_f64() * 1000.0;
+            [(x, k as f64 / count), (x, (k + 1) as f64 / count)]
+        });
         chart
             .draw_series(LineSeries::new(points, color.stroke_width(2)))?
             .label(format!("fleet of {} comuni", f.n))

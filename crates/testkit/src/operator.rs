@@ -154,7 +154,9 @@ impl OperatorProcess {
                 continue;
             }
             let value = rest.rsplit(' ').next().context("malformed sample")?;
-            sum += value.parse::<f64>().with_context(|| format!("sample {line:?}"))?;
+            sum += value
+                .parse::<f64>()
+                .with_context(|| format!("sample {line:?}"))?;
         }
         Ok(sum)
     }
@@ -175,9 +177,17 @@ impl OperatorProcess {
 
     /// Waits until the operator has written nothing for 5 s, and returns its writes by kind.
     pub async fn quiet(&self) -> anyhow::Result<std::collections::BTreeMap<String, u64>> {
+        self.quiet_for(5).await
+    }
+
+    /// Waits until the operator has written nothing for `seconds`, and returns its writes by kind.
+    pub async fn quiet_for(
+        &self,
+        seconds: u32,
+    ) -> anyhow::Result<std::collections::BTreeMap<String, u64>> {
         let mut last = self.writes().await?;
         let mut still = 0;
-        while still < 5 {
+        while still < seconds {
             tokio::time::sleep(Duration::from_secs(1)).await;
             let now = self.writes().await?;
             still = if now == last { still + 1 } else { 0 };

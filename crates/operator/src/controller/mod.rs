@@ -11,7 +11,7 @@ use std::{
     collections::HashMap,
     fmt::Debug,
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use futures::{StreamExt, channel::mpsc};
@@ -56,6 +56,10 @@ pub struct Context {
     pub stores: Stores,
     recorder: Recorder,
     failures: Mutex<HashMap<String, u32>>,
+    /// When each comune's status was last written (see `Context::usage_write_wait`).
+    status_written: Mutex<HashMap<String, Instant>>,
+    /// When each service's last pass ended, and how long it took.
+    passes: Mutex<HashMap<String, (Instant, Duration)>>,
 }
 
 impl Debug for Context {
@@ -176,6 +180,12 @@ fn managed() -> watcher::Config {
     watcher::Config::default().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1))
 }
 
+/// The longest a service's pass waits after the previous one.
+const MAX_COOLDOWN: Duration = Duration::from_secs(5);
+
+/// How often a comune's status may be written when only its quota usage changed.
+const USAGE_REFRESH: Duration = Duration::from_secs(30);
+
 /// Drives a watch stream in its own task, telling `senders` about every object it sees.
 fn drive<K, S>(stream: S, senders: Senders)
 where
@@ -258,6 +268,8 @@ impl Context {
             stores,
             recorder,
             failures: Mutex::default(),
+            status_written: Mutex::default(),
+            passes: Mutex::default(),
         };
         let triggers = Triggers {
             municipalities: municipalities_rx,
@@ -275,6 +287,42 @@ impl Context {
         let n = failures.entry(key.to_string()).or_insert(0);
         *n = n.saturating_add(1);
         Duration::from_secs(1u64 << (*n - 1).min(8)).min(Duration::from_secs(300))
+    }
+
+    /// A comune's quota usage changes with every object created in its namespace. When nothing
+    /// else in its status changed, the usage is written at most every `USAGE_REFRESH` (metrics
+    /// have it live): `None` means write now, `Some(wait)` to try again after `wait`.
+    fn usage_write_wait(&self, municipality: &str) -> Option<Duration> {
+        let written = self.status_written.lock().ok()?;
+        let since = written.get(municipality)?.elapsed();
+        USAGE_REFRESH
+            .checked_sub(since)
+            .filter(|wait| !wait.is_zero())
+    }
+
+    /// Records that a comune's status was written now.
+    fn status_written(&self, municipality: &str) {
+        if let Ok(mut written) = self.status_written.lock() {
+            written.insert(municipality.to_string(), Instant::now());
+        }
+    }
+
+    /// How long a service's next pass should wait: as long as its last one took, at most 5 s,
+    /// counted from when that one ended.
+    fn pass_cooldown(&self, service: &str) -> Option<Duration> {
+        let passes = self.passes.lock().ok()?;
+        let (ended, took) = passes.get(service)?;
+        (*took)
+            .min(MAX_COOLDOWN)
+            .checked_sub(ended.elapsed())
+            .filter(|wait| !wait.is_zero())
+    }
+
+    /// Records a service's pass.
+    fn pass_done(&self, service: &str, took: Duration) {
+        if let Ok(mut passes) = self.passes.lock() {
+            passes.insert(service.to_string(), (Instant::now(), took));
+        }
     }
 
     fn succeeded(&self, key: &str) {
@@ -322,7 +370,10 @@ where
 /// Logs what the controller machinery reports beyond our own reconcile errors (which the error
 /// policy handles), such as a watch that failed.
 async fn log_outcome<K, E>(
-    outcome: Result<(ObjectRef<K>, Action), kube::runtime::controller::Error<E, kube::runtime::watcher::Error>>,
+    outcome: Result<
+        (ObjectRef<K>, Action),
+        kube::runtime::controller::Error<E, kube::runtime::watcher::Error>,
+    >,
 ) where
     K: Resource,
     E: std::error::Error + 'static,

@@ -156,8 +156,8 @@ async fn reconcile_municipality(m: &Municipality, ctx: &Context) -> Result<Actio
             ),
         )
     };
-    write_status(m, ctx, ready, &ns_name).await?;
-    Ok(Action::requeue(RESYNC))
+    let usage_later = write_status(m, ctx, ready, &ns_name).await?;
+    Ok(Action::requeue(usage_later.unwrap_or(RESYNC)))
 }
 
 enum NamespaceState {
@@ -222,12 +222,14 @@ async fn prune(desired: &[Rendered], ns: &str, ctx: &Context) -> Result<(), Erro
 }
 
 /// Writes the status when it differs from what the object has, and keeps the metrics current.
+/// Writes the comune's status if it changed. Returns when to try again if only its quota usage
+/// changed and that is written later (see `Context::usage_write_wait`).
 async fn write_status(
     m: &Municipality,
     ctx: &Context,
     (ready, reason, message): (bool, &str, String),
     ns_name: &str,
-) -> Result<(), Error> {
+) -> Result<Option<Duration>, Error> {
     let name = m.name_any();
     let current = m.status.clone().unwrap_or_default();
     let quota = quota_usage(ctx, ns_name);
@@ -262,7 +264,18 @@ async fn write_status(
     let mut unchanged = current.clone();
     unchanged.services = vec![];
     if unchanged == status {
-        return Ok(());
+        return Ok(None);
+    }
+    let mut only_usage = status.clone();
+    for (resource, usage) in &mut only_usage.quota {
+        if let Some(written) = unchanged.quota.get(resource) {
+            usage.used = written.used.clone();
+        }
+    }
+    if only_usage == unchanged {
+        if let Some(wait) = ctx.usage_write_wait(&name) {
+            return Ok(Some(wait));
+        }
     }
     let patch = json!({
         "apiVersion": "consorzio.io/v1alpha1",
@@ -277,7 +290,8 @@ async fn write_status(
             &Patch::Apply(patch),
         )
         .await?;
-    Ok(())
+    ctx.status_written(&name);
+    Ok(None)
 }
 
 /// Hard and used quota, from the ResourceQuota's status as the quota controller reports it.

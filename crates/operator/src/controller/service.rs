@@ -100,10 +100,20 @@ async fn reconcile(
     guard: Arc<DeserializeGuard<SharedService>>,
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
-    reconcile_guarded(&guard, &ctx, ControllerName::sharedservice, |s| {
+    // A pass goes over every comune the service serves, and every change of an instance asks
+    // for one: after a pass, wait as long as it took (at most 5 s) before the next. Changes
+    // that arrive meanwhile are merged into that next pass.
+    let name = guard.name_any();
+    if let Some(wait) = ctx.pass_cooldown(&name) {
+        tokio::time::sleep(wait).await;
+    }
+    let started = std::time::Instant::now();
+    let result = reconcile_guarded(&guard, &ctx, ControllerName::sharedservice, |s| {
         reconcile_service(s, &ctx)
     })
-    .await
+    .await;
+    ctx.pass_done(&name, started.elapsed());
+    result
 }
 
 fn error_policy(
@@ -224,6 +234,15 @@ async fn reconcile_service(s: &SharedService, ctx: &Context) -> Result<Action, E
     }
 }
 
+/// The URL an instance's connection settings give (`CONSORZIO_URL`).
+fn connection_url(objects: &[Rendered]) -> Option<String> {
+    objects
+        .iter()
+        .find(|o| o.resource.kind == "ConfigMap")
+        .and_then(|o| o.object.data["data"]["CONSORZIO_URL"].as_str())
+        .map(str::to_string)
+}
+
 /// Whether a cache has listed its objects once. Checked, not awaited: a store's readiness wakes
 /// only one of the tasks waiting for it, so concurrent reconciles that awaited it could wait
 /// forever (seen as Dedicated services never reconciled after an operator restart).
@@ -267,11 +286,13 @@ async fn reconcile_dedicated(
     comuni: &[Municipality],
     ctx: &Context,
 ) -> Result<Action, Error> {
-    // Render every instance first: an invalid template changes nothing anywhere.
-    let mut rendered = Vec::with_capacity(comuni.len());
+    // Render every instance first: an invalid template changes nothing anywhere. Only each
+    // instance's URL is kept; the objects are rendered again where they are applied, a few at a
+    // time, so that a pass over thousands of comuni does not hold them all in memory.
+    let mut urls = Vec::with_capacity(comuni.len());
     for m in comuni {
         match render_dedicated(s, m, &ctx.config) {
-            Ok(objects) => rendered.push(objects),
+            Ok(objects) => urls.push(connection_url(&objects)),
             Err(crate::render::service::ServiceRenderError::Template {
                 municipality,
                 source,
@@ -339,26 +360,23 @@ async fn reconcile_dedicated(
             }
         }
     }
-    let (namespaces_ref, rendered_ref) = (&namespaces, &rendered);
+    let namespaces_ref = &namespaces;
     bounded(to_apply, ctx, |i| async move {
-        let (namespaces, rendered) = (namespaces_ref, rendered_ref);
-        let comune = comuni[i].name_any();
-        ensure_credentials(s, &namespaces[i], Some(&comune), ctx).await?;
-        apply_all(&rendered[i], ctx).await
+        let m = &comuni[i];
+        ensure_credentials(s, &namespaces_ref[i], Some(&m.name_any()), ctx).await?;
+        // The same inputs rendered without error above.
+        let rendered = render_dedicated(s, m, &ctx.config).map_err(|e| match e {
+            crate::render::service::ServiceRenderError::Json(e) => Error::from(e),
+            _ => Error::Malformed("instance template"),
+        })?;
+        apply_all(&rendered, ctx).await
     })
     .await?;
     prune(s, namespaces.iter().cloned().collect(), ctx).await?;
-    let states_ref = &states;
+    let (states_ref, urls_ref) = (&states, &urls);
     bounded(0..comuni.len(), ctx, |i| async move {
-        let (m, objects, state) = (&comuni[i], &rendered_ref[i], &states_ref[i]);
-        let url = objects
-            .iter()
-            .find(|o| o.resource.kind == "ConfigMap")
-            .and_then(|o| {
-                o.object.data["data"]["CONSORZIO_URL"]
-                    .as_str()
-                    .map(str::to_string)
-            });
+        let (m, state) = (&comuni[i], &states_ref[i]);
+        let url = urls_ref[i].clone();
         let entry = entry(s, *state, url, template_version(s, Some(&m.name_any())));
         report_to_municipality(s, m, Some(entry), ctx).await
     })
