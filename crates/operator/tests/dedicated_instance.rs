@@ -10,7 +10,7 @@ use consorzio_api::SharedService;
 use consorzio_testkit::{Env, TIMEOUT, run, unique_name, wait_for, wait_gone};
 use k8s_openapi::api::{
     apps::v1::Deployment,
-    core::v1::{PersistentVolumeClaim, Secret},
+    core::v1::{PersistentVolumeClaim, ResourceQuota, Secret},
 };
 use kube::{Api, ResourceExt};
 use serde_json::json;
@@ -20,6 +20,39 @@ use support::{
 };
 
 /// The catalogue's website, renamed and offered to the comuni of `union`.
+/// Waits until the comune's status reports its namespace's quota usage as the quota has it.
+async fn usage_reported(env: &Env, comune: &str, ns: &str) -> anyhow::Result<()> {
+    let municipalities = Api::<consorzio_api::Municipality>::all(env.client());
+    let quotas = env.api::<ResourceQuota>(ns);
+    wait_for(
+        &format!("{comune}'s status to report its quota usage"),
+        Duration::from_secs(60),
+        || async {
+            let used = quotas
+                .get("consorzio-quota")
+                .await?
+                .status
+                .and_then(|s| s.used)
+                .unwrap_or_default();
+            let reported = municipalities
+                .get(comune)
+                .await?
+                .status
+                .map(|s| s.quota)
+                .unwrap_or_default();
+            for (resource, quantity) in &used {
+                let seen = reported.get(resource).map(|q| &q.used);
+                ensure!(
+                    seen == Some(quantity),
+                    "{resource}: {seen:?}, quota says {quantity:?}"
+                );
+            }
+            Ok(())
+        },
+    )
+    .await
+}
+
 fn website(union: &str) -> anyhow::Result<SharedService> {
     catalogue_service(
         "sito-comunale",
@@ -87,6 +120,10 @@ async fn dedicated_service_runs_in_every_selected_comune_and_leaving_keeps_the_v
         )
         .await?;
 
+        // Converged: the operator writes a comune's quota usage up to 30 s after it changes.
+        for (comune, ns) in [(&a_name, &a_ns), (&b_name, &b_ns)] {
+            usage_reported(&env, comune, ns).await?;
+        }
         // The generated Secret survives an operator restart unchanged.
         op.stop().await;
         let op = Operator::start(&env).await?;

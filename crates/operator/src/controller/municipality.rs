@@ -272,10 +272,10 @@ async fn write_status(
             usage.used = written.used.clone();
         }
     }
-    if only_usage == unchanged {
-        if let Some(wait) = ctx.usage_write_wait(&name) {
-            return Ok(Some(wait));
-        }
+    if only_usage == unchanged
+        && let Some(wait) = ctx.usage_write_wait(&name)
+    {
+        return Ok(Some(wait));
     }
     let patch = json!({
         "apiVersion": "consorzio.io/v1alpha1",
