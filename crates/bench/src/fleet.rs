@@ -63,7 +63,7 @@ pub struct Figures {
     pub resync_writes: u64,
     pub resync_peak_kib: u64,
     pub rollout: Duration,
-    pub rollout_wave: i64,
+    pub rollout_wave: usize,
 }
 
 impl Figures {
@@ -375,7 +375,7 @@ async fn measure(
     )
     .await?;
     let rollout = start.elapsed();
-    let rollout_wave = wave(&rolled, comuni.len());
+    let rollout_wave = consorzio::render::service::max_unavailable(&rolled, comuni.len());
 
     let figures = Figures {
         n,
@@ -416,17 +416,6 @@ fn rollout_settings(service: &mut Value) {
     }
     if service["spec"]["template"]["storage"].is_object() {
         service["spec"]["template"]["storage"]["size"] = "10Gi".into();
-    }
-}
-
-/// The number of comuni in one wave of the rollout.
-fn wave(service: &SharedService, comuni: usize) -> i64 {
-    match &service.spec.rollout.max_unavailable {
-        k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(i) => i64::from(*i),
-        k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(s) => {
-            let percent: i64 = s.trim_end_matches('%').parse().unwrap_or(100);
-            (comuni as i64 * percent + 99) / 100
-        }
     }
 }
 

@@ -24,8 +24,8 @@ use futures::FutureExt;
 use k8s_openapi::api::core::v1::Toleration;
 use kube::{Api, Client, api::ListParams};
 
-/// jemalloc: glibc's malloc keeps a heap per thread, which cost about a fifth of the operator's
-/// resident memory on a fleet of comuni, and a quarter of its CPU time in allocation.
+/// jemalloc: with glibc's malloc, allocation and freeing took about a quarter of the operator's
+/// CPU time in a fleet's cold start (docs/benchmarks.md). Its memory use is about the same.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

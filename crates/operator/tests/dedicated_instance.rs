@@ -19,7 +19,6 @@ use support::{
     wait_status,
 };
 
-/// The catalogue's website, renamed and offered to the comuni of `union`.
 /// Waits until the comune's status reports its namespace's quota usage as the quota has it.
 async fn usage_reported(env: &Env, comune: &str, ns: &str) -> anyhow::Result<()> {
     let municipalities = Api::<consorzio_api::Municipality>::all(env.client());
@@ -53,6 +52,7 @@ async fn usage_reported(env: &Env, comune: &str, ns: &str) -> anyhow::Result<()>
     .await
 }
 
+/// The catalogue's website, renamed and offered to the comuni of `union`.
 fn website(union: &str) -> anyhow::Result<SharedService> {
     catalogue_service(
         "sito-comunale",

@@ -144,19 +144,11 @@ impl OperatorProcess {
     /// The sum of a metric's samples whose labels contain `labels` (e.g. `controller="municipality"`;
     /// empty for all).
     pub async fn metric_sum(&self, name: &str, labels: &str) -> anyhow::Result<f64> {
-        let text = self.metrics().await?;
         let mut sum = 0.0;
-        for line in text.lines() {
-            let Some(rest) = line.strip_prefix(name) else {
-                continue;
-            };
-            if !(rest.starts_with('{') || rest.starts_with(' ')) || !rest.contains(labels) {
-                continue;
+        for (sample_labels, value) in samples(&self.metrics().await?, name)? {
+            if sample_labels.contains(labels) {
+                sum += value;
             }
-            let value = rest.rsplit(' ').next().context("malformed sample")?;
-            sum += value
-                .parse::<f64>()
-                .with_context(|| format!("sample {line:?}"))?;
         }
         Ok(sum)
     }
@@ -165,12 +157,12 @@ impl OperatorProcess {
     pub async fn writes(&self) -> anyhow::Result<std::collections::BTreeMap<String, u64>> {
         let text = self.metrics().await?;
         let mut out = std::collections::BTreeMap::new();
-        for line in text.lines() {
-            let Some(rest) = line.strip_prefix("consorzio_api_writes_total{kind=\"") else {
-                continue;
-            };
-            let (kind, value) = rest.split_once("\"}").context("malformed sample")?;
-            out.insert(kind.to_string(), value.trim().parse::<f64>()? as u64);
+        for (labels, value) in samples(&text, "consorzio_api_writes_total")? {
+            let kind = labels
+                .strip_prefix("{kind=\"")
+                .and_then(|rest| rest.strip_suffix("\"}"))
+                .with_context(|| format!("malformed labels {labels:?}"))?;
+            out.insert(kind.to_string(), value as u64);
         }
         Ok(out)
     }
@@ -206,5 +198,44 @@ impl OperatorProcess {
 impl Drop for OperatorProcess {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// The samples of metric `name` in a Prometheus text exposition: their labels (`{...}`, or empty)
+/// and values.
+fn samples<'a>(text: &'a str, name: &str) -> anyhow::Result<Vec<(&'a str, f64)>> {
+    let mut out = vec![];
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
+        if !(rest.starts_with('{') || rest.starts_with(' ')) {
+            continue;
+        }
+        let (labels, value) = rest.rsplit_once(' ').context("malformed sample")?;
+        let value = value
+            .parse::<f64>()
+            .with_context(|| format!("sample {line:?}"))?;
+        out.push((labels.trim(), value));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::samples;
+
+    #[test]
+    fn samples_are_read_by_exact_name_with_their_labels() -> anyhow::Result<()> {
+        let text = "# HELP consorzio_api_writes_total Writes.\n\
+                    consorzio_api_writes_total{kind=\"Namespace\"} 3\n\
+                    consorzio_api_writes_total_created{kind=\"Namespace\"} 1.7e9\n\
+                    consorzio_leader 1\n";
+        assert_eq!(
+            samples(text, "consorzio_api_writes_total")?,
+            [("{kind=\"Namespace\"}", 3.0)]
+        );
+        assert_eq!(samples(text, "consorzio_leader")?, [("", 1.0)]);
+        Ok(())
     }
 }

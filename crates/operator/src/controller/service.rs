@@ -17,7 +17,6 @@ use k8s_openapi::{
         core::v1::{ConfigMap, Namespace, PersistentVolumeClaim, Secret, Service},
         networking::v1::{Ingress, NetworkPolicy},
     },
-    apimachinery::pkg::util::intstr::IntOrString,
 };
 use kube::{
     Api, Resource, ResourceExt,
@@ -47,7 +46,8 @@ use crate::{
         MANAGED_BY, MUNICIPALITY_LABEL, ORPHANED_LABEL, Rendered, namespace_name,
         service::{
             CREDENTIALS_ANNOTATION, SERVICE_LABEL, VERSION_ANNOTATION, credentials_name,
-            is_dedicated, public_url, render_dedicated, selects, template_version, volume_name,
+            is_dedicated, max_unavailable, public_url, render_dedicated, selects, template_version,
+            volume_name,
         },
         shared::{
             access_policy_name, access_url, connection_name, render_access_point, render_shared,
@@ -203,17 +203,6 @@ fn instance_state(s: &SharedService, ns: &str, version: &str, ctx: &Context) -> 
         return InstanceState::Stalled;
     }
     InstanceState::Progressing
-}
-
-/// How many comuni may be updating at once.
-fn max_unavailable(s: &SharedService, total: usize) -> usize {
-    match &s.spec.rollout.max_unavailable {
-        IntOrString::Int(n) => (*n).max(1) as usize,
-        IntOrString::String(text) => {
-            let percent: usize = text.trim_end_matches('%').parse().unwrap_or(100);
-            (total * percent).div_ceil(100).max(1)
-        }
-    }
 }
 
 async fn reconcile_service(s: &SharedService, ctx: &Context) -> Result<Action, Error> {

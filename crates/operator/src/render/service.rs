@@ -443,6 +443,17 @@ fn pod_template(
     }
 }
 
+/// How many of `total` comuni may be updating at once (a rollout's wave).
+pub fn max_unavailable(s: &SharedService, total: usize) -> usize {
+    match &s.spec.rollout.max_unavailable {
+        IntOrString::Int(n) => (*n).max(1) as usize,
+        IntOrString::String(text) => {
+            let percent: usize = text.trim_end_matches('%').parse().unwrap_or(100);
+            (total * percent).div_ceil(100).max(1)
+        }
+    }
+}
+
 /// Whether `s` is Dedicated.
 pub fn is_dedicated(s: &SharedService) -> bool {
     s.spec.tenancy == Tenancy::Dedicated
