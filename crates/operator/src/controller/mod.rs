@@ -1,6 +1,7 @@
 //! The reconcilers, and the caches of the objects they manage.
 
 mod apply;
+mod cache;
 mod error;
 mod municipality;
 mod object;
@@ -14,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use futures::{StreamExt, channel::mpsc};
+use futures::{StreamExt, TryStreamExt, channel::mpsc};
 use k8s_openapi::api::{
     apps::v1::Deployment,
     core::v1::{ConfigMap, LimitRange, Namespace, PersistentVolumeClaim, ResourceQuota, Service},
@@ -36,6 +37,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 pub use apply::{FIELD_MANAGER, contains};
+pub use cache::Cached;
 pub use error::Error;
 
 use crate::{
@@ -58,8 +60,10 @@ pub struct Context {
     failures: Mutex<HashMap<String, u32>>,
     /// When each comune's status was last written (see `Context::usage_write_wait`).
     status_written: Mutex<HashMap<String, Instant>>,
-    /// When each service's last pass ended, and how long it took.
-    passes: Mutex<HashMap<String, (Instant, Duration)>>,
+    /// Each service's last pass.
+    passes: Mutex<HashMap<String, Pass>>,
+    /// Which comuni changed, and when.
+    changes: Arc<Changes>,
     /// Since when each instance (`service/comune`) has been on its way, not yet reported.
     in_progress: Mutex<HashMap<String, Instant>>,
 }
@@ -73,48 +77,43 @@ impl Debug for Context {
 }
 
 /// Watch-backed caches of every object the operator manages (label
-/// `app.kubernetes.io/managed-by=consorzio`), without their managedFields to save memory.
+/// `app.kubernetes.io/managed-by=consorzio`), kept compact (see `Cached`).
 #[derive(Clone, Debug)]
 pub struct Stores {
     /// Comuni's (and shared services') namespaces.
-    pub namespaces: Store<Namespace>,
+    pub namespaces: Store<Cached<Namespace>>,
     /// Resource quotas.
-    pub quotas: Store<ResourceQuota>,
+    pub quotas: Store<Cached<ResourceQuota>>,
     /// Limit ranges.
-    pub limit_ranges: Store<LimitRange>,
+    pub limit_ranges: Store<Cached<LimitRange>>,
     /// Network policies.
-    pub network_policies: Store<NetworkPolicy>,
+    pub network_policies: Store<Cached<NetworkPolicy>>,
     /// Role bindings.
-    pub role_bindings: Store<RoleBinding>,
+    pub role_bindings: Store<Cached<RoleBinding>>,
     /// Application Deployments.
-    pub deployments: Store<Deployment>,
+    pub deployments: Store<Cached<Deployment>>,
     /// Application Services.
-    pub services: Store<Service>,
+    pub services: Store<Cached<Service>>,
     /// Application Ingresses.
-    pub ingresses: Store<Ingress>,
+    pub ingresses: Store<Cached<Ingress>>,
     /// Application volume claims.
-    pub volume_claims: Store<PersistentVolumeClaim>,
+    pub volume_claims: Store<Cached<PersistentVolumeClaim>>,
     /// Application settings.
-    pub config_maps: Store<ConfigMap>,
-    /// Every Municipality, as its controller sees it.
+    pub config_maps: Store<Cached<ConfigMap>>,
+    /// Every Municipality, shared by both controllers.
     pub municipalities: Store<DeserializeGuard<Municipality>>,
-    /// Every Municipality, as the SharedService controller sees it: its own watch, so that a
-    /// reconcile triggered by a comune's change always finds that change in the cache.
-    pub comuni: Store<DeserializeGuard<Municipality>>,
 }
 
-fn cached_value<K: Resource<DynamicType = ()> + Clone + serde::Serialize>(
-    store: &Store<K>,
+fn cached_value<K: Resource<DynamicType = ()> + serde::Serialize>(
+    store: &Store<Cached<K>>,
     name: &str,
     namespace: Option<&str>,
 ) -> Option<Value> {
-    let mut key = ObjectRef::<K>::new(name);
+    let mut key = ObjectRef::<Cached<K>>::new(name);
     if let Some(ns) = namespace {
         key = key.within(ns);
     }
-    store
-        .get(&key)
-        .and_then(|obj| serde_json::to_value(obj.as_ref()).ok())
+    store.get(&key).and_then(|obj| obj.value())
 }
 
 impl Stores {
@@ -157,13 +156,18 @@ impl Stores {
 struct Senders {
     municipalities: mpsc::UnboundedSender<ObjectRef<Municipality>>,
     services: mpsc::UnboundedSender<ObjectRef<SharedService>>,
+    changes: Arc<Changes>,
 }
 
 impl Senders {
-    fn notify(&self, labels: &std::collections::BTreeMap<String, String>) {
-        if let Some(service) = labels.get(SERVICE_LABEL) {
+    /// An object of `service` (if any) in the namespace of `comune` (if any) changed.
+    fn notify(&self, service: Option<&str>, comune: Option<&str>) {
+        if let Some(comune) = comune {
+            self.changes.touch(comune);
+        }
+        if let Some(service) = service {
             let _ = self.services.unbounded_send(ObjectRef::new(service));
-        } else if let Some(owner) = labels.get(MUNICIPALITY_LABEL) {
+        } else if let Some(owner) = comune {
             let _ = self.municipalities.unbounded_send(ObjectRef::new(owner));
         }
     }
@@ -177,6 +181,80 @@ pub struct Triggers {
     /// SharedServices whose instances changed.
     pub services: mpsc::UnboundedReceiver<ObjectRef<SharedService>>,
 }
+
+/// Which comuni changed (the Municipality, or an object in its namespace), in the order they
+/// did: a service's pass goes over those that changed since its last one, not the whole fleet.
+/// A change is counted after the caches have it, so a pass that starts later sees it.
+#[derive(Debug, Default)]
+pub struct Changes {
+    /// The count of changes so far, and the count when each comune last changed.
+    seen: Mutex<(u64, HashMap<String, u64>)>,
+}
+
+impl Changes {
+    /// Records a change of `comune`.
+    pub fn touch(&self, comune: &str) {
+        if let Ok(mut seen) = self.seen.lock() {
+            seen.0 += 1;
+            let now = seen.0;
+            seen.1.insert(comune.to_string(), now);
+        }
+    }
+
+    /// The count of changes so far: a pass that starts now has seen all of them.
+    fn now(&self) -> u64 {
+        self.seen.lock().map_or(u64::MAX, |seen| seen.0)
+    }
+
+    /// The comuni changed after count `since`.
+    fn since(&self, since: u64) -> std::collections::HashSet<String> {
+        let Ok(seen) = self.seen.lock() else {
+            return Default::default();
+        };
+        seen.1
+            .iter()
+            .filter(|(_, at)| **at > since)
+            .map(|(comune, _)| comune.clone())
+            .collect()
+    }
+}
+
+/// A service's pass: when it ended and how long it took, and what it covered.
+#[derive(Debug, Clone, Copy)]
+struct Pass {
+    ended: Instant,
+    took: Duration,
+    /// The count of changes when the last successful pass started (see `Changes`).
+    seen: u64,
+    /// The service's generation then.
+    generation: Option<i64>,
+    /// When the last pass over every comune started.
+    whole: Instant,
+    /// Whether it did all it had to.
+    ok: bool,
+}
+
+/// Which comuni a service's pass goes over.
+#[derive(Debug)]
+pub enum Scope {
+    /// All of them: the first pass, the service changed, the last pass failed, or it is time.
+    Whole,
+    /// Those changed since the last pass.
+    Changed(std::collections::HashSet<String>),
+}
+
+impl Scope {
+    /// Whether the pass goes over `comune`.
+    pub fn covers(&self, comune: &str) -> bool {
+        match self {
+            Scope::Whole => true,
+            Scope::Changed(changed) => changed.contains(comune),
+        }
+    }
+}
+
+/// How often a service's pass goes over every comune anyway, to repair what no event reported.
+const WHOLE_PASS: Duration = Duration::from_secs(20 * 60);
 
 /// Every watch lists its objects 50 at a time. Each object arrives with its managedFields, as
 /// large as the object itself, and read into a JSON tree before they are dropped: with the
@@ -203,13 +281,13 @@ const PROGRESS_HOLD: Duration = Duration::from_secs(10);
 fn drive<K, S>(stream: S, senders: Senders)
 where
     K: Resource<DynamicType = ()> + Send + 'static,
-    S: futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+    S: futures::Stream<Item = Result<Cached<K>, watcher::Error>> + Send + 'static,
 {
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         while let Some(event) = stream.next().await {
             match event {
-                Ok(obj) => senders.notify(obj.labels()),
+                Ok(obj) => senders.notify(obj.label(SERVICE_LABEL), obj.label(MUNICIPALITY_LABEL)),
                 Err(error) => {
                     tracing::warn!(kind = %K::kind(&()), %error, "watch failed, retrying")
                 }
@@ -219,16 +297,22 @@ where
 }
 
 /// Starts a cache of the managed objects of kind `K`.
-fn watch_managed<K>(client: &Client, senders: &Senders) -> Store<K>
+fn watch_managed<K>(client: &Client, senders: &Senders) -> Store<Cached<K>>
 where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + serde::Serialize
+        + Debug
+        + Send
+        + Sync
+        + 'static,
 {
     let (reader, writer) = reflector::store();
-    let stream = watcher(Api::<K>::all(client.clone()), managed())
+    let events = watcher(Api::<K>::all(client.clone()), managed())
         .default_backoff()
-        .modify(|obj| obj.managed_fields_mut().clear())
-        .reflect(writer)
-        .touched_objects();
+        .map_ok(cache::event);
+    let stream = reflector::reflector(writer, events).touched_objects();
     drive(stream, senders.clone());
     reader
 }
@@ -248,12 +332,13 @@ impl Context {
     )> {
         let (municipalities, municipalities_rx) = mpsc::unbounded();
         let (services, services_rx) = mpsc::unbounded();
+        let changes = Arc::new(Changes::default());
         let senders = Senders {
             municipalities,
             services,
+            changes: changes.clone(),
         };
-        let (municipality_store, municipality_events) = municipality::watch(&client);
-        let (comuni, comuni_events) = municipality::watch(&client);
+        let (municipality_store, municipality_events, comuni_events) = municipality::watch(&client);
         let stores = Stores {
             namespaces: watch_managed(&client, &senders),
             quotas: watch_managed(&client, &senders),
@@ -266,7 +351,6 @@ impl Context {
             volume_claims: watch_managed(&client, &senders),
             config_maps: watch_managed(&client, &senders),
             municipalities: municipality_store,
-            comuni,
         };
         stores.wait_until_ready().await?;
         let reporter = Reporter {
@@ -283,6 +367,7 @@ impl Context {
             failures: Mutex::default(),
             status_written: Mutex::default(),
             passes: Mutex::default(),
+            changes,
             in_progress: Mutex::default(),
         };
         let triggers = Triggers {
@@ -325,18 +410,54 @@ impl Context {
     /// counted from when that one ended.
     fn pass_cooldown(&self, service: &str) -> Option<Duration> {
         let passes = self.passes.lock().ok()?;
-        let (ended, took) = passes.get(service)?;
-        (*took)
+        let pass = passes.get(service)?;
+        pass.took
             .min(MAX_COOLDOWN)
-            .checked_sub(ended.elapsed())
+            .checked_sub(pass.ended.elapsed())
             .filter(|wait| !wait.is_zero())
     }
 
-    /// Records a service's pass.
-    fn pass_done(&self, service: &str, took: Duration) {
-        if let Ok(mut passes) = self.passes.lock() {
-            passes.insert(service.to_string(), (Instant::now(), took));
-        }
+    /// Starts a pass of the service `s`: which comuni it covers, and the count of changes it
+    /// has seen (for `pass_done`).
+    fn pass_scope(&self, s: &SharedService) -> (Scope, u64) {
+        let seen = self.changes.now();
+        let Ok(passes) = self.passes.lock() else {
+            return (Scope::Whole, seen);
+        };
+        let scope = match passes.get(&s.name_any()) {
+            Some(last)
+                if last.ok
+                    && last.generation == s.meta().generation
+                    && last.whole.elapsed() < WHOLE_PASS =>
+            {
+                Scope::Changed(self.changes.since(last.seen))
+            }
+            _ => Scope::Whole,
+        };
+        (scope, seen)
+    }
+
+    /// Records a service's pass, which started at change count `seen` and covered `scope`.
+    /// After a failure (`ok: false`) the next pass covers every comune.
+    fn pass_done(&self, s: &SharedService, took: Duration, scope: &Scope, seen: u64, ok: bool) {
+        let Ok(mut passes) = self.passes.lock() else {
+            return;
+        };
+        let now = Instant::now();
+        let whole = match (scope, passes.get(&s.name_any())) {
+            (Scope::Changed(_), Some(last)) => last.whole,
+            // Started `took` ago.
+            _ => now.checked_sub(took).unwrap_or(now),
+        };
+        let pass = Pass {
+            ended: now,
+            took,
+            seen,
+            generation: s.meta().generation,
+            whole,
+            ok,
+        };
+        passes.insert(s.name_any(), pass);
     }
 
     /// Whether an instance on its way (`key`: `service/comune`) has been so for `PROGRESS_HOLD`
@@ -440,3 +561,23 @@ where
 
 pub use municipality::run as run_municipalities;
 pub use service::run as run_services;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pass_covers_the_comuni_changed_since_the_last_one() {
+        let changes = Changes::default();
+        changes.touch("lugano");
+        let seen = changes.now();
+        assert_eq!(changes.since(0), ["lugano".to_string()].into());
+        assert!(changes.since(seen).is_empty());
+        changes.touch("chiasso");
+        changes.touch("lugano");
+        let scope = Scope::Changed(changes.since(seen));
+        assert!(scope.covers("chiasso") && scope.covers("lugano"));
+        assert!(!scope.covers("locarno"));
+        assert!(Scope::Whole.covers("locarno"));
+    }
+}

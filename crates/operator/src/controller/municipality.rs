@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use consorzio_api::{DeletionPolicy, Municipality, MunicipalityStatus, QuotaUsage};
 use futures::{Stream, StreamExt, future::try_join_all};
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{Namespace, ResourceQuota};
 use kube::{
     Api, Resource, ResourceExt,
     api::{Patch, PatchParams},
@@ -42,22 +42,38 @@ pub const FINALIZER: &str = "consorzio.io/namespace";
 /// How often a comune is checked even when nothing changed.
 const RESYNC: Duration = Duration::from_secs(30 * 60);
 
-/// The Municipality watch, feeding its controller.
-pub type Events =
-    futures::stream::BoxStream<'static, Result<DeserializeGuard<Municipality>, watcher::Error>>;
+/// The Municipalities' changes, as one controller receives them from the shared cache.
+pub type Events = reflector::ReflectHandle<DeserializeGuard<Municipality>>;
 
-/// Starts the cache of Municipalities, kept without their managedFields (a good part of each
-/// object). The events go to [`run`]; the cache is shared with the SharedService controller.
-pub fn watch(client: &kube::Client) -> (reflector::Store<DeserializeGuard<Municipality>>, Events) {
+/// Starts the one cache of Municipalities, kept without their managedFields (a good part of each
+/// object), and shared by both controllers: each gets its own stream of changes, sent only once
+/// the cache has them.
+pub fn watch(
+    client: &kube::Client,
+) -> (
+    reflector::Store<DeserializeGuard<Municipality>>,
+    Events,
+    Events,
+) {
     let api = Api::<DeserializeGuard<Municipality>>::all(client.clone());
-    let (reader, writer) = reflector::store();
-    let events = watcher(api, super::list_config())
+    // A controller that falls this many changes behind holds up the other.
+    let (reader, writer) = reflector::store_shared(1024);
+    let (Some(mine), Some(services)) = (writer.subscribe(), writer.subscribe()) else {
+        unreachable!("a shared store can be subscribed to");
+    };
+    let root = watcher(api, super::list_config())
         .default_backoff()
         .modify(|m| m.managed_fields_mut().clear())
-        .reflect(writer)
-        .applied_objects()
-        .boxed();
-    (reader, events)
+        .reflect_shared(writer);
+    tokio::spawn(async move {
+        let mut root = std::pin::pin!(root);
+        while let Some(event) = root.next().await {
+            if let Err(error) = event {
+                tracing::warn!(kind = "Municipality", %error, "watch failed, retrying");
+            }
+        }
+    });
+    (reader, mine, services)
 }
 
 /// Runs the Municipality controller until `shutdown` completes.
@@ -68,7 +84,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let triggers = triggers.map(|r: ObjectRef<Municipality>| ObjectRef::new(&r.name));
-    Controller::for_stream(events, ctx.stores.municipalities.clone())
+    Controller::for_shared_stream(events, ctx.stores.municipalities.clone())
         .with_config(controller::Config::default().concurrency(ctx.config.concurrency))
         .reconcile_on(triggers)
         .graceful_shutdown_on(shutdown)
@@ -173,27 +189,32 @@ async fn namespace_state(
     ns_name: &str,
     ctx: &Context,
 ) -> Result<NamespaceState, Error> {
-    let cached = ctx
-        .stores
-        .namespaces
-        .get(&ObjectRef::new(ns_name))
-        .map(|ns| ns.as_ref().clone());
-    let ns = match cached {
-        Some(ns) => Some(ns),
-        // Not in the cache of managed namespaces: it may still exist, unmanaged.
-        None => {
-            Api::<Namespace>::all(ctx.client.clone())
-                .get_opt(ns_name)
-                .await?
-        }
+    let name = m.name_any();
+    let ours = |managed: Option<&str>, comune: Option<&str>| {
+        managed == Some(MANAGED_BY.1) && comune == Some(name.as_str())
     };
-    let Some(ns) = ns else {
+    let cached = ctx.stores.namespaces.get(&ObjectRef::new(ns_name));
+    let found = match cached {
+        Some(ns) => Some((
+            ours(ns.label(MANAGED_BY.0), ns.label(MUNICIPALITY_LABEL)),
+            ns.deleting(),
+        )),
+        // Not in the cache of managed namespaces: it may still exist, unmanaged.
+        None => Api::<Namespace>::all(ctx.client.clone())
+            .get_opt(ns_name)
+            .await?
+            .map(|ns| {
+                let label = |key| ns.labels().get(key).map(String::as_str);
+                (
+                    ours(label(MANAGED_BY.0), label(MUNICIPALITY_LABEL)),
+                    ns.metadata.deletion_timestamp.is_some(),
+                )
+            }),
+    };
+    let Some((ours, terminating)) = found else {
         return Ok(NamespaceState::Absent);
     };
-    let labels = ns.labels();
-    let ours = labels.get(MANAGED_BY.0).map(String::as_str) == Some(MANAGED_BY.1)
-        && labels.get(MUNICIPALITY_LABEL) == Some(&m.name_any());
-    Ok(match (ours, ns.metadata.deletion_timestamp.is_some()) {
+    Ok(match (ours, terminating) {
         (false, _) => NamespaceState::Foreign,
         (true, true) => NamespaceState::Terminating,
         (true, false) => NamespaceState::Ours,
@@ -297,7 +318,7 @@ fn quota_usage(ctx: &Context, ns: &str) -> BTreeMap<String, QuotaUsage> {
     let Some(quota) = ctx.stores.quotas.get(&key) else {
         return BTreeMap::new();
     };
-    let Some(status) = quota.status.as_ref() else {
+    let Some(status) = quota.read::<ResourceQuota>().and_then(|q| q.status) else {
         return BTreeMap::new();
     };
     let (hard, used) = (

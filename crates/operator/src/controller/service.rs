@@ -13,7 +13,7 @@ use futures::{FutureExt, Stream, StreamExt, TryStreamExt, future::try_join_all};
 use k8s_openapi::{
     ByteString,
     api::{
-        apps::v1::Deployment,
+        apps::v1::{Deployment, DeploymentStatus},
         core::v1::{ConfigMap, Namespace, PersistentVolumeClaim, Secret, Service},
         networking::v1::{Ingress, NetworkPolicy},
     },
@@ -31,10 +31,11 @@ use kube::{
     },
 };
 use rand::{Rng, distr::Alphanumeric};
+use serde::Deserialize;
 use serde_json::json;
 
 use super::{
-    Context, Error,
+    Cached, Context, Error, Scope,
     apply::{apply_if_changed, delete},
     object::{publish, set_finalizer},
     reconcile_guarded, retry_policy,
@@ -46,8 +47,8 @@ use crate::{
         MANAGED_BY, MUNICIPALITY_LABEL, ORPHANED_LABEL, Rendered, namespace_name,
         service::{
             CREDENTIALS_ANNOTATION, SERVICE_LABEL, VERSION_ANNOTATION, credentials_name,
-            is_dedicated, max_unavailable, public_url, render_dedicated, selects, template_version,
-            volume_name,
+            instance_url, is_dedicated, max_unavailable, public_url, render_dedicated, selects,
+            template_version, volume_name,
         },
         shared::{
             access_policy_name, access_url, connection_name, render_access_point, render_shared,
@@ -78,8 +79,10 @@ pub async fn run(
         .reflect(writer)
         .applied_objects();
     let services = reader.clone();
+    let changes = ctx.changes.clone();
     // Any change of a comune (joining a union, becoming Ready) may change who gets what.
-    let every_service = move |_: DeserializeGuard<Municipality>| {
+    let every_service = move |m: Arc<DeserializeGuard<Municipality>>| {
+        changes.touch(&m.name_any());
         services
             .state()
             .iter()
@@ -88,7 +91,7 @@ pub async fn run(
     };
     Controller::for_stream(events, reader)
         .with_config(controller::Config::default().concurrency(ctx.config.concurrency))
-        .watches_stream(comuni, every_service)
+        .watches_shared_stream(comuni, every_service)
         .reconcile_on(triggers.map(|r: ObjectRef<SharedService>| ObjectRef::new(&r.name)))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
@@ -108,12 +111,14 @@ async fn reconcile(
         tokio::time::sleep(wait).await;
     }
     let started = std::time::Instant::now();
-    let result = reconcile_guarded(&guard, &ctx, ControllerName::sharedservice, |s| {
-        reconcile_service(s, &ctx)
+    reconcile_guarded(&guard, &ctx, ControllerName::sharedservice, |s| async {
+        let (scope, seen) = ctx.pass_scope(s);
+        let outcome = reconcile_service(s, &scope, &ctx).await;
+        let complete = matches!(outcome, Ok((_, true)));
+        ctx.pass_done(s, started.elapsed(), &scope, seen, complete);
+        outcome.map(|(action, _)| action)
     })
-    .await;
-    ctx.pass_done(&name, started.elapsed());
-    result
+    .await
 }
 
 fn error_policy(
@@ -138,7 +143,7 @@ fn is_ready(m: &Municipality) -> bool {
 fn selected(s: &SharedService, ctx: &Context) -> Vec<Arc<DeserializeGuard<Municipality>>> {
     let mut chosen: Vec<_> = ctx
         .stores
-        .comuni
+        .municipalities
         .state()
         .into_iter()
         .filter(|g| g.0.as_ref().is_ok_and(|m| is_ready(m) && selects(s, m)))
@@ -163,10 +168,24 @@ enum InstanceState {
 }
 
 /// The cached Deployment of the service's instance in a namespace.
-fn deployment(s: &SharedService, ns: &str, ctx: &Context) -> Option<Arc<Deployment>> {
+fn deployment(s: &SharedService, ns: &str, ctx: &Context) -> Option<Arc<Cached<Deployment>>> {
     ctx.stores
         .deployments
         .get(&ObjectRef::new(&s.name_any()).within(ns))
+}
+
+/// What a pass reads of an instance's Deployment besides its metadata.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Progress {
+    spec: Replicas,
+    status: DeploymentStatus,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Replicas {
+    replicas: Option<i32>,
 }
 
 /// The state of the instance in `ns`, which should run template `version`.
@@ -174,14 +193,13 @@ fn instance_state(s: &SharedService, ns: &str, version: &str, ctx: &Context) -> 
     let Some(d) = deployment(s, ns, ctx) else {
         return InstanceState::Missing;
     };
-    if d.annotations().get(VERSION_ANNOTATION).map(String::as_str) != Some(version) {
+    if d.annotation(VERSION_ANNOTATION) != Some(version) {
         return InstanceState::Outdated;
     }
-    let no_status = Default::default();
-    let status = d.status.as_ref().unwrap_or(&no_status);
+    let Progress { spec, status } = d.read().unwrap_or_default();
     let conditions = status.conditions.as_deref().unwrap_or_default();
-    let wanted = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-    let current = status.observed_generation == d.metadata.generation;
+    let wanted = spec.replicas.unwrap_or(1);
+    let current = status.observed_generation == d.generation();
     if current
         && status.updated_replicas.unwrap_or(0) >= wanted
         && status.available_replicas.unwrap_or(0) >= wanted
@@ -205,32 +223,29 @@ fn instance_state(s: &SharedService, ns: &str, version: &str, ctx: &Context) -> 
     InstanceState::Progressing
 }
 
-async fn reconcile_service(s: &SharedService, ctx: &Context) -> Result<Action, Error> {
-    // The comuni come from this controller's own Municipality cache. Until it has listed them
-    // all, no comune may look unselected: that would remove instances.
-    if !listed(&ctx.stores.comuni) {
-        return Ok(Action::requeue(Duration::from_secs(1)));
+/// A pass over the comuni that `scope` covers. Says when to look again, and whether it did
+/// everything (if not, the next pass covers every comune).
+async fn reconcile_service(
+    s: &SharedService,
+    scope: &Scope,
+    ctx: &Context,
+) -> Result<(Action, bool), Error> {
+    // Until the Municipality cache has listed them all, no comune may look unselected: that
+    // would remove instances.
+    if !listed(&ctx.stores.municipalities) {
+        return Ok((Action::requeue(Duration::from_secs(1)), false));
     }
     if s.meta().deletion_timestamp.is_some() {
-        return cleanup(s, ctx).await;
+        return Ok((cleanup(s, ctx).await?, false));
     }
     set_finalizer(s, FINALIZER, true, ctx).await?;
     let chosen = selected(s, ctx);
     let comuni: Vec<&Municipality> = chosen.iter().filter_map(|g| g.0.as_ref().ok()).collect();
     if is_dedicated(s) {
-        reconcile_dedicated(s, &comuni, ctx).await
+        reconcile_dedicated(s, &comuni, scope, ctx).await
     } else {
-        reconcile_shared(s, &comuni, ctx).await
+        reconcile_shared(s, &comuni, scope, ctx).await
     }
-}
-
-/// The URL an instance's connection settings give (`CONSORZIO_URL`).
-fn connection_url(objects: &[Rendered]) -> Option<String> {
-    objects
-        .iter()
-        .find(|o| o.resource.kind == "ConfigMap")
-        .and_then(|o| o.object.data["data"]["CONSORZIO_URL"].as_str())
-        .map(str::to_string)
 }
 
 /// Whether a cache has listed its objects once. Checked, not awaited: a store's readiness wakes
@@ -274,15 +289,16 @@ async fn apply_all(objects: &[Rendered], ctx: &Context) -> Result<(), Error> {
 async fn reconcile_dedicated(
     s: &SharedService,
     comuni: &[&Municipality],
+    scope: &Scope,
     ctx: &Context,
-) -> Result<Action, Error> {
-    // Render every instance first: an invalid template changes nothing anywhere. Only each
-    // instance's URL is kept; the objects are rendered again where they are applied, a few at a
+) -> Result<(Action, bool), Error> {
+    // Render the instances first: an invalid template changes nothing anywhere. A template
+    // renders differently only when the service or the comune changes, so the comuni the pass
+    // covers are enough. The objects are rendered again where they are applied, a few at a
     // time, so that a pass over thousands of comuni does not hold them all in memory.
-    let mut urls = Vec::with_capacity(comuni.len());
-    for m in comuni {
+    for m in comuni.iter().filter(|m| scope.covers(&m.name_any())) {
         match render_dedicated(s, m, &ctx.config) {
-            Ok(objects) => urls.push(connection_url(&objects)),
+            Ok(_) => {}
             Err(crate::render::service::ServiceRenderError::Template {
                 municipality,
                 source,
@@ -291,7 +307,7 @@ async fn reconcile_dedicated(
                     "comune {municipality}: {source}; existing instances are left as they are"
                 );
                 write_status(s, ctx, Summary::failed("InvalidTemplate", message)).await?;
-                return Ok(Action::await_change());
+                return Ok((Action::await_change(), false));
             }
             Err(crate::render::service::ServiceRenderError::Json(e)) => return Err(e.into()),
         }
@@ -302,7 +318,8 @@ async fn reconcile_dedicated(
         .collect();
 
     // Waves: comuni on the target version that are not Available yet use up the budget; the
-    // outdated ones (broken ones first) are updated as the budget allows. New comuni start at once.
+    // outdated ones (broken ones first) are updated as the budget allows. New comuni start at
+    // once. The others are applied when the pass covers them.
     let states: Vec<InstanceState> = comuni
         .iter()
         .zip(&namespaces)
@@ -331,7 +348,7 @@ async fn reconcile_dedicated(
     };
     let mut order: Vec<usize> = (0..comuni.len()).collect();
     // Outdated comuni whose instance is down go first: updating them cannot make things worse.
-    order.sort_by_key(|&i| {
+    order.sort_by_cached_key(|&i| {
         (
             states[i] != InstanceState::Outdated,
             serving(s, &namespaces[i], ctx),
@@ -345,9 +362,13 @@ async fn reconcile_dedicated(
                 to_apply.insert(i);
             }
             InstanceState::Outdated => {}
-            _ => {
+            InstanceState::Missing => {
                 to_apply.insert(i);
             }
+            _ if scope.covers(&comuni[i].name_any()) => {
+                to_apply.insert(i);
+            }
+            _ => {}
         }
     }
     let namespaces_ref = &namespaces;
@@ -363,27 +384,28 @@ async fn reconcile_dedicated(
     })
     .await?;
     prune(s, namespaces.iter().cloned().collect(), ctx).await?;
-    let (states_ref, urls_ref) = (&states, &urls);
+    let states_ref = &states;
     bounded(0..comuni.len(), ctx, |i| async move {
         let (m, state) = (&comuni[i], &states_ref[i]);
-        let url = urls_ref[i].clone();
+        let url = instance_url(s, m, &ctx.config);
         let entry = entry(s, *state, url, template_version(s, Some(&m.name_any())));
         report_to_municipality(s, m, Some(entry), ctx).await
     })
     .await?;
     let summary = summarize(s, comuni, &states, halted);
-    finish(s, summary, ctx).await
+    Ok((finish(s, summary, ctx).await?, true))
 }
 
 async fn reconcile_shared(
     s: &SharedService,
     comuni: &[&Municipality],
+    scope: &Scope,
     ctx: &Context,
-) -> Result<Action, Error> {
+) -> Result<(Action, bool), Error> {
     let ns = shared_namespace(s);
     if let Some(message) = foreign_namespace(s, &ns, ctx).await? {
         write_status(s, ctx, Summary::failed("NamespaceConflict", message)).await?;
-        return Ok(Action::requeue(Duration::from_secs(60)));
+        return Ok((Action::requeue(Duration::from_secs(60)), false));
     }
     let instance = render_shared(s, &ctx.config)?;
     // The namespace first: everything else lives in it.
@@ -396,7 +418,10 @@ async fn reconcile_shared(
     let version = template_version(s, None);
     let state = instance_state(s, &ns, &version, ctx);
 
-    bounded(0..comuni.len(), ctx, |i| async move {
+    let covered: Vec<usize> = (0..comuni.len())
+        .filter(|&i| scope.covers(&comuni[i].name_any()))
+        .collect();
+    bounded(covered, ctx, |i| async move {
         let m = &comuni[i];
         apply_all(&render_access_point(s, m, &ctx.config)?, ctx).await?;
         subscribe(s, &namespace_name(m, &ctx.config), true, ctx).await
@@ -420,7 +445,7 @@ async fn reconcile_shared(
     })
     .await?;
     let summary = summarize_shared(s, &ns, state);
-    finish(s, summary, ctx).await
+    Ok((finish(s, summary, ctx).await?, true))
 }
 
 /// Says when the shared namespace exists but is not this service's: it is left untouched.
@@ -429,20 +454,22 @@ async fn foreign_namespace(
     ns: &str,
     ctx: &Context,
 ) -> Result<Option<String>, Error> {
+    let name = s.name_any();
+    let ours = |managed: Option<&str>, service: Option<&str>| {
+        managed == Some(MANAGED_BY.1) && service == Some(name.as_str())
+    };
     let cached = ctx.stores.namespaces.get(&ObjectRef::new(ns));
     let existing = match cached {
-        Some(namespace) => Some(namespace.as_ref().clone()),
-        None => {
-            Api::<Namespace>::all(ctx.client.clone())
-                .get_opt(ns)
-                .await?
-        }
+        Some(n) => Some(ours(n.label(MANAGED_BY.0), n.label(SERVICE_LABEL))),
+        None => Api::<Namespace>::all(ctx.client.clone())
+            .get_opt(ns)
+            .await?
+            .map(|n| {
+                let label = |key| n.labels().get(key).map(String::as_str);
+                ours(label(MANAGED_BY.0), label(SERVICE_LABEL))
+            }),
     };
-    let ours = |n: &Namespace| {
-        n.labels().get(MANAGED_BY.0).map(String::as_str) == Some(MANAGED_BY.1)
-            && n.labels().get(SERVICE_LABEL) == Some(&s.name_any())
-    };
-    Ok(existing.filter(|n| !ours(n)).map(|_| {
+    Ok(existing.filter(|ours| !ours).map(|_| {
         format!(
             "namespace {ns} already exists and is not managed by consorzio for this service; \
              it is left untouched. Rename or remove it, or give the service another name"
@@ -459,7 +486,7 @@ async fn subscribe(s: &SharedService, ns: &str, on: bool, ctx: &Context) -> Resu
         .stores
         .namespaces
         .get(&ObjectRef::new(ns))
-        .is_some_and(|n| n.labels().get(&label).is_some_and(|v| v == "true"));
+        .is_some_and(|n| n.label(&label) == Some("true"));
     if has == on {
         return Ok(());
     }
@@ -518,7 +545,8 @@ async fn finish(s: &SharedService, summary: Summary, ctx: &Context) -> Result<Ac
 /// Whether some pod of the instance in `ns` is available, whatever its version.
 fn serving(s: &SharedService, ns: &str, ctx: &Context) -> bool {
     deployment(s, ns, ctx)
-        .and_then(|d| d.status.as_ref().and_then(|st| st.available_replicas))
+        .and_then(|d| d.read::<Progress>())
+        .and_then(|p| p.status.available_replicas)
         .unwrap_or(0)
         > 0
 }
@@ -603,7 +631,7 @@ async fn report_to_municipality(
 
 /// Whether the instance in `ns` has had its credentials created (its cached Deployment says so).
 fn has_credentials(s: &SharedService, ns: &str, ctx: &Context) -> bool {
-    deployment(s, ns, ctx).is_some_and(|d| d.annotations().contains_key(CREDENTIALS_ANNOTATION))
+    deployment(s, ns, ctx).is_some_and(|d| d.annotation(CREDENTIALS_ANNOTATION).is_some())
 }
 
 /// The generated credentials of an instance: random, created once, never replaced (when the
@@ -664,29 +692,29 @@ async fn ensure_credentials(
 fn namespaces_in_use(s: &SharedService, ctx: &Context) -> BTreeSet<String> {
     let name = s.name_any();
     let mut found = BTreeSet::new();
-    let mut take = |labels: &std::collections::BTreeMap<String, String>, ns: Option<String>| {
-        if labels.get(SERVICE_LABEL) == Some(&name)
+    let mut take = |service: Option<&str>, ns: Option<&str>| {
+        if service == Some(name.as_str())
             && let Some(ns) = ns
         {
-            found.insert(ns);
+            found.insert(ns.to_string());
         }
     };
     for d in ctx.stores.deployments.state() {
-        take(d.labels(), d.namespace());
+        take(d.label(SERVICE_LABEL), d.namespace());
     }
     for svc in ctx.stores.services.state() {
-        take(svc.labels(), svc.namespace());
+        take(svc.label(SERVICE_LABEL), svc.namespace());
     }
     for c in ctx.stores.config_maps.state() {
-        take(c.labels(), c.namespace());
+        take(c.label(SERVICE_LABEL), c.namespace());
     }
     for p in ctx.stores.network_policies.state() {
-        take(p.labels(), p.namespace());
+        take(p.label(SERVICE_LABEL), p.namespace());
     }
     let label = subscriber_label(s);
     for n in ctx.stores.namespaces.state() {
-        if n.labels().contains_key(&label) {
-            found.insert(n.name_any());
+        if n.label(&label).is_some() {
+            found.insert(n.name().to_string());
         }
     }
     found
@@ -708,7 +736,7 @@ async fn prune(s: &SharedService, keep: BTreeSet<String>, ctx: &Context) -> Resu
     // Comuni that still list the service in their status no longer get it.
     let listed: Vec<Municipality> = ctx
         .stores
-        .comuni
+        .municipalities
         .state()
         .iter()
         .filter_map(|g| g.0.as_ref().ok())

@@ -181,6 +181,13 @@ pub(crate) struct Instance {
     pub version: String,
 }
 
+/// The URL of a comune's Dedicated instance (its `CONSORZIO_URL`), when the service has an
+/// ingress and its host renders for the comune.
+pub fn instance_url(s: &SharedService, m: &Municipality, config: &Config) -> Option<String> {
+    let host = fill(&s.spec.ingress.as_ref()?.host, m, config).ok()?;
+    Some(public_url(s, &host))
+}
+
 /// The URL of a service behind its ingress host.
 pub(crate) fn public_url(s: &SharedService, host: &str) -> String {
     let tls = s
