@@ -91,6 +91,9 @@ pub async fn run(
     client: &Client,
     options: &Options,
 ) -> anyhow::Result<Vec<Figures>> {
+    if options.onboard == 0 {
+        bail!("--onboard must be at least 1: scenario 3 reports the onboarding latencies");
+    }
     let comuni = &available_comuni(client).await?;
     let largest = options.sizes.iter().max().copied().unwrap_or(0) + options.onboard;
     if largest > comuni.len() {
