@@ -203,7 +203,7 @@ impl Changes {
 
     /// The count of changes so far: a pass that starts now has seen all of them.
     fn now(&self) -> u64 {
-        self.seen.lock().map_or(u64::MAX, |seen| seen.0)
+        self.seen.lock().map_or(0, |seen| seen.0)
     }
 
     /// The comuni changed after count `since`.
@@ -224,7 +224,7 @@ impl Changes {
 struct Pass {
     ended: Instant,
     took: Duration,
-    /// The count of changes when the last successful pass started (see `Changes`).
+    /// The count of changes when this pass started (see `Changes`).
     seen: u64,
     /// The service's generation then.
     generation: Option<i64>,

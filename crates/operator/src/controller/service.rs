@@ -349,10 +349,8 @@ async fn reconcile_dedicated(
     let mut order: Vec<usize> = (0..comuni.len()).collect();
     // Outdated comuni whose instance is down go first: updating them cannot make things worse.
     order.sort_by_cached_key(|&i| {
-        (
-            states[i] != InstanceState::Outdated,
-            serving(s, &namespaces[i], ctx),
-        )
+        let outdated = states[i] == InstanceState::Outdated;
+        (!outdated, outdated && serving(s, &namespaces[i], ctx))
     });
     let mut to_apply = BTreeSet::new();
     for i in order {

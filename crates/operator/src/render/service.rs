@@ -555,6 +555,17 @@ spec:
     }
 
     #[test]
+    fn an_instance_url_is_the_one_its_settings_give() {
+        let (s, m) = (service(SITO), comune("vische", "x"));
+        let objects = render_dedicated(&s, &m, &Config::default()).unwrap();
+        let settings = serde_json::to_value(&objects[0].object).unwrap();
+        assert_eq!(
+            instance_url(&s, &m, &Config::default()).as_deref(),
+            settings["data"]["CONSORZIO_URL"].as_str()
+        );
+    }
+
+    #[test]
     fn pods_comply_with_pod_security_restricted() {
         let objects =
             render_dedicated(&service(SITO), &comune("vische", "x"), &Config::default()).unwrap();
