@@ -13,7 +13,7 @@ use consorzio_testkit::{Cluster, OperatorProcess, wait_for, yaml_documents};
 use futures::{StreamExt, TryStreamExt, stream};
 use k8s_openapi::api::{
     apps::v1::Deployment,
-    core::v1::{Namespace, Node},
+    core::v1::{Namespace, Node, Secret},
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
@@ -49,8 +49,8 @@ pub struct Options {
 #[derive(Debug, Clone)]
 pub struct Figures {
     pub n: usize,
-    /// Objects `consorzio render` gives for the fleet, and the time to apply them directly and
-    /// see every Deployment Available.
+    /// Objects `consorzio render` gives for the fleet (and the credentials Secrets it leaves out),
+    /// and the time to apply them directly and see every Deployment Available.
     pub direct_objects: usize,
     pub direct: Duration,
     pub cold: Duration,
@@ -542,9 +542,9 @@ async fn wait_namespaces_gone(client: &Client, names: HashSet<String>) -> anyhow
     .await
 }
 
-/// The physical limit: the objects `consorzio render` gives for the fleet and its services,
-/// applied by server-side apply at the operator's concurrency (namespaces first), until every
-/// Deployment is Available. Deletes them afterwards. Returns the object count and the time.
+/// The physical limit: the objects `consorzio render` gives for the fleet and its services, and
+/// the instances' credentials Secrets (see `credentials`), applied by server-side apply at the
+/// operator's concurrency (namespaces first), until every Deployment is Available. Deletes them afterwards. Returns the object count and the time.
 async fn direct(
     client: &Client,
     fleet: &[Comune],
@@ -592,6 +592,11 @@ async fn direct(
             deployments.insert((object.namespace(), object.name_any()));
         }
         let mut object = object;
+        if let Some(secret) = credentials(&object) {
+            let key = ("v1".to_string(), "Secret".to_string());
+            resources.insert(key.clone(), (ApiResource::erase::<Secret>(&()), true));
+            objects.push((key, secret, 1));
+        }
         if kind == "Namespace" && occurrence == 1 {
             namespaces.insert(object.name_any());
             object
@@ -666,6 +671,33 @@ async fn direct(
     wait_namespaces_gone(client, namespaces).await?;
     Ok((count, elapsed))
 }
+
+/// The credentials Secret the operator creates for an instance before its Deployment (whose
+/// annotation names it). `consorzio render` leaves it out, as its password is random; the direct
+/// client creates one like it, so that it writes the same objects as the operator.
+fn credentials(deployment: &DynamicObject) -> Option<DynamicObject> {
+    use consorzio::render::{
+        MANAGED_BY, MUNICIPALITY_LABEL,
+        service::{CREDENTIALS_ANNOTATION, SERVICE_LABEL},
+    };
+    let name = deployment.annotations().get(CREDENTIALS_ANNOTATION)?;
+    let labels: serde_json::Map<String, Value> = deployment
+        .labels()
+        .iter()
+        .filter(|(k, _)| [MANAGED_BY.0, SERVICE_LABEL, MUNICIPALITY_LABEL].contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.as_str().into()))
+        .collect();
+    let secret = json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": deployment.namespace(), "labels": labels},
+        "data": {"CONSORZIO_PASSWORD": BASE64_32},
+    });
+    serde_json::from_value(secret).ok()
+}
+
+/// 32 alphanumeric characters, base64-encoded: the size of a generated password.
+const BASE64_32: &str = "YmVuY2hiZW5jaGJlbmNoYmVuY2hiZW5jaGJlbmNoYmU=";
 
 /// `consorzio render` of the given objects.
 fn render(bin: &Path, input: &[Value]) -> anyhow::Result<Vec<Value>> {

@@ -43,7 +43,7 @@ pub fn table(figures: &[Figures]) -> String {
             format!("{:.1} s", f.cold_cpu_seconds)
         }),
         (
-            "2. Physical limit: `consorzio render` objects applied directly",
+            "2. Physical limit: `consorzio render` objects (and credentials) applied directly",
             |f| format!("{} in {}", f.direct_objects, secs(f.direct)),
         ),
         ("2. Operator time / direct time (target ≤ 1.25)", |f| {

@@ -1,127 +1,188 @@
-//! How the caches keep a managed object: its metadata, and the rest as JSON text.
+//! How the caches keep a managed object: the few fields of its metadata the operator reads, and
+//! the rest as compressed JSON.
 //!
 //! A typed object (k8s-openapi) takes 5–7 times the memory of its JSON: every optional field of
 //! every nested struct has its place, set or not (a Deployment of 3 KB takes 13 KB). The
 //! operator reads the rest of an object rarely, to compare it with what it renders or to read a
-//! status, and then parses it for that moment.
+//! status, and then unpacks and parses it for that moment.
+//!
+//! Objects of one kind differ mostly in names: each cache compresses its objects (LZ4) against
+//! the first one it kept, its `Dictionary`. The 20 objects of a comune, 11.5 KB of JSON, take
+//! 1.8 KB so (8.2 KB compressed one by one).
 
-use std::{borrow::Cow, collections::BTreeMap, marker::PhantomData};
+use std::{
+    borrow::Cow,
+    collections::BTreeMap,
+    marker::PhantomData,
+    sync::{Arc, OnceLock},
+};
 
 use kube::{Resource, core::ObjectMeta, runtime::reflector::Lookup, runtime::watcher::Event};
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::Value;
 
-/// Labels or annotations, sorted by key. A `BTreeMap` takes half a kilobyte for the first entry.
-type Pairs = Box<[(Box<str>, Box<str>)]>;
+/// Labels or annotations in one string, sorted by key: `key NUL value NUL` for each pair. A
+/// `BTreeMap` takes half a kilobyte for its first entry, a boxed string per key and value about 80
+/// bytes a pair. A pair with a NUL in it (Kubernetes allows one in an annotation's value; the
+/// operator never writes one) is left out.
+#[derive(Clone, Debug, Default)]
+struct Pairs(Box<str>);
 
-fn pairs(map: Option<BTreeMap<String, String>>) -> Pairs {
-    map.unwrap_or_default()
-        .into_iter()
-        .map(|(k, v)| (k.into_boxed_str(), v.into_boxed_str()))
-        .collect()
+impl Pairs {
+    fn new(map: Option<BTreeMap<String, String>>) -> Self {
+        let mut text = String::new();
+        for (k, v) in map.unwrap_or_default() {
+            if !k.contains('\0') && !v.contains('\0') {
+                for s in [k, v] {
+                    text.push_str(&s);
+                    text.push('\0');
+                }
+            }
+        }
+        Self(text.into_boxed_str())
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        let mut parts = self.0.split('\0');
+        std::iter::from_fn(move || Some((parts.next()?, parts.next()?)))
+    }
+
+    fn get(&self, key: &str) -> Option<&str> {
+        self.iter().find(|(k, _)| *k == key).map(|(_, v)| v)
+    }
+
+    fn to_value(&self) -> Value {
+        Value::Object(self.iter().map(|(k, v)| (k.into(), v.into())).collect())
+    }
 }
 
-fn get<'a>(pairs: &'a Pairs, key: &str) -> Option<&'a str> {
-    pairs
-        .binary_search_by(|(k, _)| k.as_ref().cmp(key))
-        .ok()
-        .map(|i| pairs[i].1.as_ref())
-}
-
-/// A managed object as the caches keep it (`managedFields` dropped).
+/// A managed object as the caches keep it: the few fields of its metadata the operator reads, and
+/// the rest as JSON text. Dropped: `managedFields`, and what a comparison with a rendered object
+/// never needs (`uid`, `resourceVersion`, `creationTimestamp`, `selfLink`). A typed `ObjectMeta`
+/// alone takes 350 bytes before its strings.
 #[derive(Debug)]
 pub struct Cached<K> {
-    /// The metadata, without labels and annotations (kept as `Pairs`).
-    metadata: ObjectMeta,
+    name: Box<str>,
+    namespace: Option<Box<str>>,
+    generation: Option<i64>,
+    deleting: bool,
     labels: Pairs,
     annotations: Pairs,
-    /// The object without its metadata, as JSON.
-    rest: Box<str>,
+    /// The object without the metadata above (its owner references and finalizers stay), as
+    /// JSON compressed against `dictionary`.
+    rest: Box<[u8]>,
+    dictionary: Arc<[u8]>,
     kind: PhantomData<fn() -> K>,
 }
+
+/// What a cache compresses its objects against: the JSON of the first object it kept.
+#[derive(Debug, Default)]
+pub struct Dictionary(OnceLock<Arc<[u8]>>);
 
 impl<K> Clone for Cached<K> {
     fn clone(&self) -> Self {
         Self {
-            metadata: self.metadata.clone(),
+            name: self.name.clone(),
+            namespace: self.namespace.clone(),
+            generation: self.generation,
+            deleting: self.deleting,
             labels: self.labels.clone(),
             annotations: self.annotations.clone(),
             rest: self.rest.clone(),
+            dictionary: self.dictionary.clone(),
             kind: PhantomData,
         }
     }
 }
 
 impl<K: Resource + Serialize> Cached<K> {
-    /// Keeps `obj`.
-    pub fn new(mut obj: K) -> Self {
-        let mut metadata = std::mem::take(obj.meta_mut());
-        metadata.managed_fields = None;
-        let rest = serde_json::to_string(&obj).unwrap_or_default();
+    /// Keeps `obj`, compressed against `dictionary`.
+    pub fn new(mut obj: K, dictionary: &Dictionary) -> Self {
+        let m = std::mem::take(obj.meta_mut());
+        *obj.meta_mut() = ObjectMeta {
+            owner_references: m.owner_references,
+            finalizers: m.finalizers,
+            ..ObjectMeta::default()
+        };
+        let json = serde_json::to_vec(&obj).unwrap_or_default();
+        let dictionary = dictionary.0.get_or_init(|| json.as_slice().into()).clone();
+        let rest = lz4_flex::block::compress_prepend_size_with_dict(&json, &dictionary);
         Self {
-            labels: pairs(metadata.labels.take()),
-            annotations: pairs(metadata.annotations.take()),
-            metadata,
-            rest: rest.into_boxed_str(),
+            name: m.name.unwrap_or_default().into_boxed_str(),
+            namespace: m.namespace.map(String::into_boxed_str),
+            generation: m.generation,
+            deleting: m.deletion_timestamp.is_some(),
+            labels: Pairs::new(m.labels),
+            annotations: Pairs::new(m.annotations),
+            rest: rest.into_boxed_slice(),
+            dictionary,
             kind: PhantomData,
         }
     }
 
-    /// The whole object as JSON, to compare with a rendered one.
+    /// The object as JSON, to compare with a rendered one: what the caches keep of it.
     pub fn value(&self) -> Option<Value> {
-        let mut value: Value = serde_json::from_str(&self.rest).ok()?;
-        let mut metadata = serde_json::to_value(&self.metadata).ok()?;
+        let mut value: Value = serde_json::from_slice(&self.json()?).ok()?;
+        let metadata = &mut value["metadata"];
+        metadata["name"] = Value::from(self.name.as_ref());
+        if let Some(ns) = &self.namespace {
+            metadata["namespace"] = Value::from(ns.as_ref());
+        }
+        if let Some(generation) = self.generation {
+            metadata["generation"] = Value::from(generation);
+        }
         for (field, pairs) in [("labels", &self.labels), ("annotations", &self.annotations)] {
-            if !pairs.is_empty() {
-                let map: serde_json::Map<String, Value> = pairs
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), Value::from(v.as_ref())))
-                    .collect();
-                metadata[field] = Value::Object(map);
+            if !pairs.0.is_empty() {
+                metadata[field] = pairs.to_value();
             }
         }
-        value["metadata"] = metadata;
         Some(value)
     }
 
     /// The parts of the object (other than its metadata) that `T` reads, e.g. a status.
     pub fn read<T: DeserializeOwned>(&self) -> Option<T> {
-        serde_json::from_str(&self.rest).ok()
+        serde_json::from_slice(&self.json()?).ok()
+    }
+
+    fn json(&self) -> Option<Vec<u8>> {
+        lz4_flex::block::decompress_size_prepended_with_dict(&self.rest, &self.dictionary).ok()
     }
 }
 
 impl<K> Cached<K> {
     /// The object's name.
     pub fn name(&self) -> &str {
-        self.metadata.name.as_deref().unwrap_or_default()
+        &self.name
     }
 
     /// The object's namespace.
     pub fn namespace(&self) -> Option<&str> {
-        self.metadata.namespace.as_deref()
+        self.namespace.as_deref()
     }
 
     /// The value of one of its labels.
     pub fn label(&self, key: &str) -> Option<&str> {
-        get(&self.labels, key)
+        self.labels.get(key)
     }
 
     /// The value of one of its annotations.
     pub fn annotation(&self, key: &str) -> Option<&str> {
-        get(&self.annotations, key)
+        self.annotations.get(key)
     }
 
     /// Its `metadata.generation`.
     pub fn generation(&self) -> Option<i64> {
-        self.metadata.generation
+        self.generation
     }
 
     /// Whether it is being deleted.
     pub fn deleting(&self) -> bool {
-        self.metadata.deletion_timestamp.is_some()
+        self.deleting
     }
 }
 
+/// The caches find an object by kind, namespace and name; nothing reads the version or uid of a
+/// cached object's reference, so the index does not keep them.
 impl<K: Resource> Lookup for Cached<K> {
     type DynamicType = K::DynamicType;
 
@@ -138,26 +199,29 @@ impl<K: Resource> Lookup for Cached<K> {
         K::plural(dt)
     }
     fn name(&self) -> Option<Cow<'_, str>> {
-        self.metadata.name.as_deref().map(Cow::Borrowed)
+        Some(Cow::Borrowed(&self.name))
     }
     fn namespace(&self) -> Option<Cow<'_, str>> {
-        self.metadata.namespace.as_deref().map(Cow::Borrowed)
+        self.namespace.as_deref().map(Cow::Borrowed)
     }
     fn resource_version(&self) -> Option<Cow<'_, str>> {
-        self.metadata.resource_version.as_deref().map(Cow::Borrowed)
+        None
     }
     fn uid(&self) -> Option<Cow<'_, str>> {
-        self.metadata.uid.as_deref().map(Cow::Borrowed)
+        None
     }
 }
 
-/// A watch event, with its objects as the caches keep them.
-pub fn event<K: Resource + Serialize>(event: Event<K>) -> Event<Cached<K>> {
+/// A watch event, with its objects as a cache with `dictionary` keeps them.
+pub fn event<K: Resource + Serialize>(
+    event: Event<K>,
+    dictionary: &Dictionary,
+) -> Event<Cached<K>> {
     match event {
-        Event::Apply(obj) => Event::Apply(Cached::new(obj)),
-        Event::Delete(obj) => Event::Delete(Cached::new(obj)),
+        Event::Apply(obj) => Event::Apply(Cached::new(obj, dictionary)),
+        Event::Delete(obj) => Event::Delete(Cached::new(obj, dictionary)),
         Event::Init => Event::Init,
-        Event::InitApply(obj) => Event::InitApply(Cached::new(obj)),
+        Event::InitApply(obj) => Event::InitApply(Cached::new(obj, dictionary)),
         Event::InitDone => Event::InitDone,
     }
 }
@@ -172,20 +236,54 @@ mod tests {
     #[test]
     fn a_cached_object_reads_back_whole_without_its_managed_fields() {
         let obj: ConfigMap = serde_json::from_value(json!({
-            "metadata": {"name": "c", "namespace": "n", "labels": {"a": "1"},
+            "metadata": {"name": "c", "namespace": "n", "labels": {"a": "1", "b": ""},
+                         "annotations": {"nul": "x\u{0}y", "z": "="},
+                         "uid": "u", "generation": 3, "ownerReferences": [{"apiVersion": "v1",
+                         "kind": "K", "name": "o", "uid": "ou"}],
                          "managedFields": [{"manager": "x"}]},
             "data": {"k": "v"},
         }))
         .unwrap();
-        let cached = Cached::new(obj);
+        let cached = Cached::new(obj, &Dictionary::default());
         assert_eq!(cached.name(), "c");
         assert_eq!(cached.label("a"), Some("1"));
-        assert_eq!(cached.label("b"), None);
+        assert_eq!(cached.label("b"), Some(""));
+        assert_eq!(cached.label("c"), None);
+        assert_eq!(cached.annotation("z"), Some("="));
+        assert_eq!(cached.annotation("nul"), None);
+        assert_eq!(cached.generation(), Some(3));
+        assert!(!cached.deleting());
         let value = cached.value().unwrap();
         assert_eq!(value["data"]["k"], "v");
         assert_eq!(value["metadata"]["namespace"], "n");
-        assert_eq!(value["metadata"]["labels"]["a"], "1");
+        assert_eq!(value["metadata"]["labels"], json!({"a": "1", "b": ""}));
+        assert_eq!(value["metadata"]["annotations"], json!({"z": "="}));
+        assert_eq!(value["metadata"]["ownerReferences"][0]["name"], "o");
+        assert_eq!(value["metadata"]["generation"], 3);
         assert!(value["metadata"].get("managedFields").is_none());
+        assert!(value["metadata"].get("uid").is_none());
+    }
+
+    #[test]
+    fn objects_compressed_against_the_first_read_back_whole() {
+        let dictionary = Dictionary::default();
+        let config_map = |name: &str, value: &str| -> ConfigMap {
+            serde_json::from_value(json!({
+                "metadata": {"name": name, "namespace": name},
+                "data": {"greeting": value, "common": "the same in every comune"},
+            }))
+            .unwrap()
+        };
+        let first = Cached::new(config_map("a", "ciao"), &dictionary);
+        let second = Cached::new(config_map("b", "salve"), &dictionary);
+        assert!(Arc::ptr_eq(&first.dictionary, &second.dictionary));
+        assert!(second.rest.len() < first.dictionary.len() / 2);
+        for (cached, name, value) in [(first, "a", "ciao"), (second, "b", "salve")] {
+            let value_back = cached.value().unwrap();
+            assert_eq!(value_back["metadata"]["name"], name);
+            assert_eq!(value_back["data"]["greeting"], value);
+            assert_eq!(value_back["data"]["common"], "the same in every comune");
+        }
     }
 
     #[test]
@@ -195,7 +293,7 @@ mod tests {
             "status": {"used": {"cpu": "1"}},
         }))
         .unwrap();
-        let quota: ResourceQuota = Cached::new(obj).read().unwrap();
+        let quota: ResourceQuota = Cached::new(obj, &Dictionary::default()).read().unwrap();
         assert_eq!(quota.status.unwrap().used.unwrap()["cpu"].0, "1");
     }
 }

@@ -309,9 +309,10 @@ where
         + 'static,
 {
     let (reader, writer) = reflector::store();
+    let dictionary = cache::Dictionary::default();
     let events = watcher(Api::<K>::all(client.clone()), managed())
         .default_backoff()
-        .map_ok(cache::event);
+        .map_ok(move |event| cache::event(event, &dictionary));
     let stream = reflector::reflector(writer, events).touched_objects();
     drive(stream, senders.clone());
     reader

@@ -254,7 +254,7 @@ async fn write_status(
     let current = m.status.clone().unwrap_or_default();
     let quota = quota_usage(ctx, ns_name);
     for resource in QUOTA_RESOURCES {
-        if let Some(q) = quota.get(*resource) {
+        if let Some(q) = quota.get(resource) {
             let (hard, used) = (quantity::parse(&q.hard.0), quantity::parse(&q.used.0));
             ctx.metrics
                 .set_quota(&name, resource, hard.unwrap_or(0.0), used.unwrap_or(0.0));
