@@ -544,7 +544,8 @@ async fn wait_namespaces_gone(client: &Client, names: HashSet<String>) -> anyhow
 
 /// The physical limit: the objects `consorzio render` gives for the fleet and its services, and
 /// the instances' credentials Secrets (see `credentials`), applied by server-side apply at the
-/// operator's concurrency (namespaces first), until every Deployment is Available. Deletes them afterwards. Returns the object count and the time.
+/// operator's concurrency (namespaces first), until every Deployment is Available. Deletes them
+/// afterwards. Returns the object count and the time.
 async fn direct(
     client: &Client,
     fleet: &[Comune],
@@ -594,7 +595,9 @@ async fn direct(
         let mut object = object;
         if let Some(secret) = credentials(&object) {
             let key = ("v1".to_string(), "Secret".to_string());
-            resources.insert(key.clone(), (ApiResource::erase::<Secret>(&()), true));
+            resources
+                .entry(key.clone())
+                .or_insert_with(|| (ApiResource::erase::<Secret>(&()), true));
             objects.push((key, secret, 1));
         }
         if kind == "Namespace" && occurrence == 1 {

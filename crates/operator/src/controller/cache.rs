@@ -57,7 +57,7 @@ impl Pairs {
 }
 
 /// A managed object as the caches keep it: the few fields of its metadata the operator reads, and
-/// the rest as JSON text. Dropped: `managedFields`, and what a comparison with a rendered object
+/// the rest as compressed JSON. Dropped: `managedFields`, and what a comparison with a rendered object
 /// never needs (`uid`, `resourceVersion`, `creationTimestamp`, `selfLink`). A typed `ObjectMeta`
 /// alone takes 350 bytes before its strings.
 #[derive(Debug)]
