@@ -252,6 +252,21 @@ async fn shared_service_serves_its_subscribed_comuni_only() {
             "inside its own namespace a comune is free"
         );
 
+        // Earlier operators wrote each service's entry under a field manager of the service's own,
+        // as this does: when b leaves, its entry must go all the same.
+        let older = json!({
+            "apiVersion": "consorzio.io/v1alpha1",
+            "kind": "Municipality",
+            "status": {"services": [entry]},
+        });
+        Api::<Municipality>::all(env.client())
+            .patch_status(
+                &b_name,
+                &PatchParams::apply(&format!("consorzio-service-{x}")),
+                &Patch::Apply(older),
+            )
+            .await?;
+
         // c joins the union: it gets an access point and reaches the instance; b leaves: it loses
         // them.
         set_union(&env, &c_name, &union).await?;

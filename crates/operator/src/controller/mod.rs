@@ -7,6 +7,7 @@ mod municipality;
 mod object;
 mod service;
 mod status;
+mod statuses;
 
 use std::{
     collections::HashMap,
@@ -44,7 +45,7 @@ use crate::{
     metrics::{ControllerName, Metrics},
     render::{Config, MANAGED_BY, MUNICIPALITY_LABEL, Rendered, service::SERVICE_LABEL},
 };
-use consorzio_api::{Municipality, SharedService};
+use consorzio_api::{Municipality, ServiceInstanceStatus, SharedService};
 
 /// What every reconcile needs.
 pub struct Context {
@@ -58,14 +59,14 @@ pub struct Context {
     pub stores: Stores,
     recorder: Recorder,
     failures: Mutex<HashMap<String, u32>>,
-    /// When each comune's status was last written (see `Context::usage_write_wait`).
-    status_written: Mutex<HashMap<String, Instant>>,
     /// Each service's last pass.
     passes: Mutex<HashMap<String, Pass>>,
     /// Which comuni changed, and when.
     changes: Arc<Changes>,
-    /// Since when each instance (`service/comune`) has been on its way, not yet reported.
-    in_progress: Mutex<HashMap<String, Instant>>,
+    /// What the comuni's status should say beyond the cache, and when to write it.
+    statuses: statuses::Statuses,
+    /// Wakes the Municipality controller for a comune.
+    wake: mpsc::UnboundedSender<ObjectRef<Municipality>>,
 }
 
 impl Debug for Context {
@@ -270,13 +271,6 @@ fn managed() -> watcher::Config {
 /// The longest a service's pass waits after the previous one.
 const MAX_COOLDOWN: Duration = Duration::from_secs(5);
 
-/// How often a comune's status may be written when only its quota changed.
-const USAGE_REFRESH: Duration = Duration::from_secs(30);
-
-/// How long an instance on its way (Pending, Updating) goes unreported: most are Ready sooner,
-/// and then the comune's status is written once instead of two or three times.
-const PROGRESS_HOLD: Duration = Duration::from_secs(10);
-
 /// Drives a watch stream in its own task, telling `senders` about every object it sees.
 fn drive<K, S>(stream: S, senders: Senders)
 where
@@ -335,7 +329,7 @@ impl Context {
         let (services, services_rx) = mpsc::unbounded();
         let changes = Arc::new(Changes::default());
         let senders = Senders {
-            municipalities,
+            municipalities: municipalities.clone(),
             services,
             changes: changes.clone(),
         };
@@ -366,10 +360,10 @@ impl Context {
             stores,
             recorder,
             failures: Mutex::default(),
-            status_written: Mutex::default(),
             passes: Mutex::default(),
             changes,
-            in_progress: Mutex::default(),
+            statuses: statuses::Statuses::default(),
+            wake: municipalities,
         };
         let triggers = Triggers {
             municipalities: municipalities_rx,
@@ -387,24 +381,6 @@ impl Context {
         let n = failures.entry(key.to_string()).or_insert(0);
         *n = n.saturating_add(1);
         Duration::from_secs(1u64 << (*n - 1).min(8)).min(Duration::from_secs(300))
-    }
-
-    /// A comune's quota usage changes with every object created in its namespace. When nothing
-    /// else in its status changed, the usage is written at most every `USAGE_REFRESH` (metrics
-    /// have it live): `None` means write now, `Some(wait)` to try again after `wait`.
-    fn usage_write_wait(&self, municipality: &str) -> Option<Duration> {
-        let written = self.status_written.lock().ok()?;
-        let since = written.get(municipality)?.elapsed();
-        USAGE_REFRESH
-            .checked_sub(since)
-            .filter(|wait| !wait.is_zero())
-    }
-
-    /// Records that a comune's status was written now.
-    fn status_written(&self, municipality: &str) {
-        if let Ok(mut written) = self.status_written.lock() {
-            written.insert(municipality.to_string(), Instant::now());
-        }
     }
 
     /// How long a service's next pass should wait: as long as its last one took, at most 5 s,
@@ -461,21 +437,12 @@ impl Context {
         passes.insert(s.name_any(), pass);
     }
 
-    /// Whether an instance on its way (`key`: `service/comune`) has been so for `PROGRESS_HOLD`
-    /// and should now be reported; `on_way: false` says it arrived, and forgets it.
-    fn progress_due(&self, key: &str, on_way: bool) -> bool {
-        let Ok(mut since) = self.in_progress.lock() else {
-            return true;
-        };
-        if !on_way {
-            since.remove(key);
-            return true;
+    /// Hands over the entry of `service` in comune `m`'s status (`None`: it no longer gets the
+    /// service), and wakes the Municipality controller if that changes what the status says.
+    fn report(&self, m: &Municipality, service: &str, entry: Option<ServiceInstanceStatus>) {
+        if self.statuses.report(m, service, entry) {
+            let _ = self.wake.unbounded_send(ObjectRef::new(&m.name_any()));
         }
-        since
-            .entry(key.to_string())
-            .or_insert_with(Instant::now)
-            .elapsed()
-            >= PROGRESS_HOLD
     }
 
     fn succeeded(&self, key: &str) {

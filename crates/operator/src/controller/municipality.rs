@@ -242,8 +242,8 @@ async fn prune(desired: &[Rendered], ns: &str, ctx: &Context) -> Result<(), Erro
     Ok(())
 }
 
-/// Writes the comune's status if it changed, and keeps the metrics current. Returns when to try
-/// again if only its quota changed and that is written later (see `Context::usage_write_wait`).
+/// Writes the comune's status if it changed, and keeps the metrics current. The status carries
+/// the services' entries too (see `statuses`). Returns when to try again if the write waits.
 async fn write_status(
     m: &Municipality,
     ctx: &Context,
@@ -251,7 +251,7 @@ async fn write_status(
     ns_name: &str,
 ) -> Result<Option<Duration>, Error> {
     let name = m.name_any();
-    let current = m.status.clone().unwrap_or_default();
+    let current = ctx.statuses.current(m);
     let quota = quota_usage(ctx, ns_name);
     for resource in QUOTA_RESOURCES {
         if let Some(q) = quota.get(resource) {
@@ -265,6 +265,7 @@ async fn write_status(
     if reason == "NamespaceConflict" && ready_reason(&current.conditions) != Some(reason) {
         publish(ctx, m, EventType::Warning, reason, "Reconcile", &message).await;
     }
+    let (services, hold) = ctx.statuses.services(&name, &current.services);
     let status = MunicipalityStatus {
         namespace: Some(ns_name.to_string()),
         code: official_code(m),
@@ -278,22 +279,28 @@ async fn write_status(
             m.metadata.generation,
         )],
         quota,
-        services: vec![],
+        services,
     };
-    // Services are written by the SharedService controller: leave them out of the comparison.
-    let mut unchanged = current.clone();
-    unchanged.services = vec![];
-    if unchanged == status {
+    if status == current {
+        ctx.statuses.settled(&name, &status, None);
         return Ok(None);
     }
-    // Quota usage changes with every object created in the namespace: a change of the quota
-    // alone is written at most every `USAGE_REFRESH` (the metrics have it live).
-    let mut quota_as_written = status.clone();
-    quota_as_written.quota = unchanged.quota.clone();
-    if quota_as_written == unchanged
-        && let Some(wait) = ctx.usage_write_wait(&name)
-    {
-        return Ok(Some(wait));
+    // The comune's own state is written at once. The services' entries and the quota usage
+    // wait, within bounds, so that one write carries several of their changes: an entry on its
+    // way holds the write a while (most arrive sooner), and a change of the quota alone is
+    // written at most every 30 s (the metrics have it live).
+    let mut own = status.clone();
+    own.quota.clone_from(&current.quota);
+    own.services.clone_from(&current.services);
+    if own == current {
+        if hold.is_some() {
+            return Ok(hold);
+        }
+        if status.services == current.services
+            && let Some(wait) = ctx.statuses.usage_write_wait(&name)
+        {
+            return Ok(Some(wait));
+        }
     }
     let patch = json!({
         "apiVersion": "consorzio.io/v1alpha1",
@@ -301,15 +308,43 @@ async fn write_status(
         "status": status,
     });
     ctx.metrics.wrote("Municipality");
-    Api::<Municipality>::all(ctx.client.clone())
+    let api = Api::<Municipality>::all(ctx.client.clone());
+    let written = api
         .patch_status(
             &name,
             &PatchParams::apply(FIELD_MANAGER).force(),
             &Patch::Apply(patch),
         )
         .await?;
-    ctx.status_written(&name);
+    ctx.statuses.settled(&name, &status, m.resource_version());
+    release_older_managers(&api, &written, ctx).await?;
     Ok(None)
+}
+
+/// Earlier versions wrote each service's entry under a field manager of its own. Once this
+/// controller writes the whole status, those managers let go of their entries, so that an entry
+/// this controller drops is gone: once per comune, on its first status write.
+async fn release_older_managers(
+    api: &Api<Municipality>,
+    written: &Municipality,
+    ctx: &Context,
+) -> Result<(), Error> {
+    let older = written
+        .managed_fields()
+        .iter()
+        .filter_map(|f| f.manager.as_deref())
+        .filter(|manager| manager.starts_with("consorzio-service-"));
+    for manager in older {
+        let release = json!({"apiVersion": "consorzio.io/v1alpha1", "kind": "Municipality"});
+        ctx.metrics.wrote("Municipality");
+        api.patch_status(
+            &written.name_any(),
+            &PatchParams::apply(manager).force(),
+            &Patch::Apply(release),
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 /// Hard and used quota, from the ResourceQuota's status as the quota controller reports it.
@@ -387,5 +422,6 @@ async fn cleanup(m: &Municipality, ctx: &Context) -> Result<Action, Error> {
     }
     set_finalizer(m, FINALIZER, false, ctx).await?;
     ctx.metrics.forget_municipality(&name);
+    ctx.statuses.forget(&name);
     Ok(Action::await_change())
 }

@@ -382,14 +382,11 @@ async fn reconcile_dedicated(
     })
     .await?;
     prune(s, namespaces.iter().cloned().collect(), ctx).await?;
-    let states_ref = &states;
-    bounded(0..comuni.len(), ctx, |i| async move {
-        let (m, state) = (&comuni[i], &states_ref[i]);
+    for (m, state) in comuni.iter().zip(&states) {
         let url = instance_url(s, m, &ctx.config);
-        let entry = entry(s, *state, url, template_version(s, Some(&m.name_any())));
-        report_to_municipality(s, m, Some(entry), ctx).await
-    })
-    .await?;
+        let version = template_version(s, Some(&m.name_any()));
+        ctx.report(m, &s.name_any(), Some(entry(s, *state, url, version)));
+    }
     let summary = summarize(s, comuni, &states, halted);
     Ok((finish(s, summary, ctx).await?, true))
 }
@@ -432,16 +429,16 @@ async fn reconcile_shared(
     keep.insert(ns.clone());
     prune(s, keep, ctx).await?;
     let url = s.spec.ingress.as_ref().map(|i| public_url(s, &i.host));
-    let (url, version) = (&url, &version);
-    bounded(0..comuni.len(), ctx, |i| async move {
-        let m = &comuni[i];
+    for m in comuni {
         let url = url
             .clone()
             .or_else(|| Some(access_url(s, &namespace_name(m, &ctx.config))));
-        let entry = entry(s, state, url, version.clone());
-        report_to_municipality(s, m, Some(entry), ctx).await
-    })
-    .await?;
+        ctx.report(
+            m,
+            &s.name_any(),
+            Some(entry(s, state, url, version.clone())),
+        );
+    }
     let summary = summarize_shared(s, &ns, state);
     Ok((finish(s, summary, ctx).await?, true))
 }
@@ -582,51 +579,6 @@ fn entry(
     }
 }
 
-/// Keeps the comune's `status.services` entry for this service current (`None` when the comune
-/// no longer gets it). Each service writes its own entry, under its own field manager, so entries
-/// of different services never overwrite each other. An instance on its way (Pending, Updating)
-/// is reported only once it has been so for `PROGRESS_HOLD`: most arrive sooner, and are then
-/// written once, as Ready.
-async fn report_to_municipality(
-    s: &SharedService,
-    m: &Municipality,
-    wanted: Option<ServiceInstanceStatus>,
-    ctx: &Context,
-) -> Result<(), Error> {
-    let name = s.name_any();
-    let current = m
-        .status
-        .as_ref()
-        .and_then(|st| st.services.iter().find(|e| e.name == name));
-    let on_way = wanted
-        .as_ref()
-        .is_some_and(|e| matches!(e.phase.as_str(), "Pending" | "Updating"));
-    let due = ctx.progress_due(&format!("{name}/{}", m.name_any()), on_way);
-    if current == wanted.as_ref() || !due {
-        return Ok(());
-    }
-    let services: Vec<ServiceInstanceStatus> = wanted.into_iter().collect();
-    let patch = json!({
-        "apiVersion": "consorzio.io/v1alpha1",
-        "kind": "Municipality",
-        "status": {"services": services},
-    });
-    ctx.metrics.wrote("Municipality");
-    let manager = format!("consorzio-service-{name}");
-    match Api::<Municipality>::all(ctx.client.clone())
-        .patch_status(
-            &m.name_any(),
-            &PatchParams::apply(&manager).force(),
-            &Patch::Apply(patch),
-        )
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
-        Err(e) => Err(e.into()),
-    }
-}
-
 /// Whether the instance in `ns` has had its credentials created (its cached Deployment says so).
 fn has_credentials(s: &SharedService, ns: &str, ctx: &Context) -> bool {
     deployment(s, ns, ctx).is_some_and(|d| d.annotation(CREDENTIALS_ANNOTATION).is_some())
@@ -731,26 +683,15 @@ async fn prune(s: &SharedService, keep: BTreeSet<String>, ctx: &Context) -> Resu
         remove_instance(s, &ns, ctx).await
     })
     .await?;
-    // Comuni that still list the service in their status no longer get it.
-    let listed: Vec<Municipality> = ctx
-        .stores
-        .municipalities
-        .state()
-        .iter()
-        .filter_map(|g| g.0.as_ref().ok())
-        .filter(|m| !keep.contains(&namespace_name(m, &ctx.config)))
-        .filter(|m| {
-            m.status
-                .as_ref()
-                .is_some_and(|st| st.services.iter().any(|e| e.name == name))
-        })
-        .cloned()
-        .collect();
-    let listed = &listed;
-    bounded(0..listed.len(), ctx, |i| async move {
-        report_to_municipality(s, &listed[i], None, ctx).await
-    })
-    .await
+    // Comuni that no longer get the service no longer list it.
+    for m in ctx.stores.municipalities.state() {
+        if let Ok(m) = &m.0
+            && !keep.contains(&namespace_name(m, &ctx.config))
+        {
+            ctx.report(m, &name, None);
+        }
+    }
+    Ok(())
 }
 
 /// Removes the service's instance or access point from `ns`: its data first (while the
