@@ -346,17 +346,23 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         leadership = Some(lease);
     }
     wait_for_crds(&client).await;
-    let (ctx, triggers, events, comuni) = Context::start(client, config, metrics.clone()).await?;
+    let (ctx, streams) = Context::start(client, config, metrics.clone()).await?;
     ready.store(true, std::sync::atomic::Ordering::Relaxed);
     metrics.set_leader(true);
     tracing::info!("caches filled; reconciling");
     let municipalities = controller::run_municipalities(
         ctx.clone(),
-        events,
-        triggers.municipalities,
+        streams.municipalities,
+        streams.municipality_triggers,
         shutdown.clone(),
     );
-    let services = controller::run_services(ctx, comuni, triggers.services, shutdown.clone());
+    let services = controller::run_services(
+        ctx,
+        streams.services,
+        streams.comuni,
+        streams.service_triggers,
+        shutdown.clone(),
+    );
     let lost = async {
         match &mut leadership {
             Some((channel, _)) => {

@@ -103,6 +103,8 @@ pub struct Stores {
     pub config_maps: Store<Cached<ConfigMap>>,
     /// Every Municipality, shared by both controllers.
     pub municipalities: Store<DeserializeGuard<Municipality>>,
+    /// Every SharedService.
+    pub shared_services: Store<DeserializeGuard<SharedService>>,
 }
 
 fn cached_value<K: Resource<DynamicType = ()> + serde::Serialize>(
@@ -174,13 +176,57 @@ impl Senders {
     }
 }
 
-/// What the controllers are asked to reconcile, beyond changes of their own objects.
-#[derive(Debug)]
-pub struct Triggers {
-    /// Municipalities whose managed objects changed.
-    pub municipalities: mpsc::UnboundedReceiver<ObjectRef<Municipality>>,
+/// The changes of one kind, as one controller receives them from the shared cache.
+pub type Events<K> = reflector::ReflectHandle<DeserializeGuard<K>>;
+
+/// What the controllers reconcile.
+pub struct Streams {
+    /// Changes of Municipalities, for their controller.
+    pub municipalities: Events<Municipality>,
+    /// Changes of Municipalities, for the SharedService controller (who gets what).
+    pub comuni: Events<Municipality>,
+    /// Changes of SharedServices.
+    pub services: Events<SharedService>,
+    /// Municipalities whose managed objects changed, or whose services reported.
+    pub municipality_triggers: mpsc::UnboundedReceiver<ObjectRef<Municipality>>,
     /// SharedServices whose instances changed.
-    pub services: mpsc::UnboundedReceiver<ObjectRef<SharedService>>,
+    pub service_triggers: mpsc::UnboundedReceiver<ObjectRef<SharedService>>,
+}
+
+impl Debug for Streams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Streams").finish_non_exhaustive()
+    }
+}
+
+/// Starts a cache of every object of kind `K`, kept without their managedFields (a good part of
+/// each object), and shared: each of `N` subscribers gets its own stream of changes, sent only
+/// once the cache has them.
+fn watch_shared<K, const N: usize>(client: &Client) -> (Store<DeserializeGuard<K>>, [Events<K>; N])
+where
+    K: Resource<DynamicType = ()> + DeserializeOwned + Clone + Debug + Send + Sync + 'static,
+{
+    let api = Api::<DeserializeGuard<K>>::all(client.clone());
+    // A controller that falls this many changes behind holds up the others.
+    let (reader, writer) = reflector::store_shared(1024);
+    let subscribers = std::array::from_fn(|_| {
+        writer
+            .subscribe()
+            .expect("a shared store can be subscribed to")
+    });
+    let root = watcher(api, list_config())
+        .default_backoff()
+        .modify(|o| o.managed_fields_mut().clear())
+        .reflect_shared(writer);
+    tokio::spawn(async move {
+        let mut root = std::pin::pin!(root);
+        while let Some(event) = root.next().await {
+            if let Err(error) = event {
+                tracing::warn!(kind = %K::kind(&()), %error, "watch failed, retrying");
+            }
+        }
+    });
+    (reader, subscribers)
 }
 
 /// Which comuni changed (the Municipality, or an object in its namespace), in the order they
@@ -319,12 +365,7 @@ impl Context {
         client: Client,
         config: Config,
         metrics: Arc<Metrics>,
-    ) -> anyhow::Result<(
-        Arc<Context>,
-        Triggers,
-        municipality::Events,
-        municipality::Events,
-    )> {
+    ) -> anyhow::Result<(Arc<Context>, Streams)> {
         let (municipalities, municipalities_rx) = mpsc::unbounded();
         let (services, services_rx) = mpsc::unbounded();
         let changes = Arc::new(Changes::default());
@@ -333,7 +374,8 @@ impl Context {
             services,
             changes: changes.clone(),
         };
-        let (municipality_store, municipality_events, comuni_events) = municipality::watch(&client);
+        let (municipality_store, [municipality_events, comuni_events]) = watch_shared(&client);
+        let (service_store, [service_events]) = watch_shared(&client);
         let stores = Stores {
             namespaces: watch_managed(&client, &senders),
             quotas: watch_managed(&client, &senders),
@@ -346,6 +388,7 @@ impl Context {
             volume_claims: watch_managed(&client, &senders),
             config_maps: watch_managed(&client, &senders),
             municipalities: municipality_store,
+            shared_services: service_store,
         };
         stores.wait_until_ready().await?;
         let reporter = Reporter {
@@ -365,11 +408,14 @@ impl Context {
             statuses: statuses::Statuses::default(),
             wake: municipalities,
         };
-        let triggers = Triggers {
-            municipalities: municipalities_rx,
-            services: services_rx,
+        let streams = Streams {
+            municipalities: municipality_events,
+            comuni: comuni_events,
+            services: service_events,
+            municipality_triggers: municipalities_rx,
+            service_triggers: services_rx,
         };
-        Ok((Arc::new(ctx), triggers, municipality_events, comuni_events))
+        Ok((Arc::new(ctx), streams))
     }
 
     /// How long to wait before retrying an object that failed `n` times in a row: 1 s, doubling,

@@ -11,17 +11,15 @@ use kube::{
     api::{Patch, PatchParams},
     core::{ApiResource, DeserializeGuard},
     runtime::{
-        WatchStreamExt,
         controller::{self, Action, Controller},
         events::EventType,
-        reflector::{self, ObjectRef},
-        watcher,
+        reflector::ObjectRef,
     },
 };
 use serde_json::json;
 
 use super::{
-    Context, Error,
+    Context, Error, Events,
     apply::{FIELD_MANAGER, apply_if_changed, delete},
     object::{publish, set_finalizer},
     reconcile_guarded, retry_policy,
@@ -34,6 +32,7 @@ use crate::{
         MANAGED_BY, MUNICIPALITY_LABEL, ORPHANED_LABEL, Rendered,
         municipality::{official_code, optional_objects, render_namespace},
         namespace_name, render_municipality,
+        service::selects,
     },
 };
 
@@ -42,44 +41,10 @@ pub const FINALIZER: &str = "consorzio.io/namespace";
 /// How often a comune is checked even when nothing changed.
 const RESYNC: Duration = Duration::from_secs(30 * 60);
 
-/// The Municipalities' changes, as one controller receives them from the shared cache.
-pub type Events = reflector::ReflectHandle<DeserializeGuard<Municipality>>;
-
-/// Starts the one cache of Municipalities, kept without their managedFields (a good part of each
-/// object), and shared by both controllers: each gets its own stream of changes, sent only once
-/// the cache has them.
-pub fn watch(
-    client: &kube::Client,
-) -> (
-    reflector::Store<DeserializeGuard<Municipality>>,
-    Events,
-    Events,
-) {
-    let api = Api::<DeserializeGuard<Municipality>>::all(client.clone());
-    // A controller that falls this many changes behind holds up the other.
-    let (reader, writer) = reflector::store_shared(1024);
-    let (Some(mine), Some(services)) = (writer.subscribe(), writer.subscribe()) else {
-        unreachable!("a shared store can be subscribed to");
-    };
-    let root = watcher(api, super::list_config())
-        .default_backoff()
-        .modify(|m| m.managed_fields_mut().clear())
-        .reflect_shared(writer);
-    tokio::spawn(async move {
-        let mut root = std::pin::pin!(root);
-        while let Some(event) = root.next().await {
-            if let Err(error) = event {
-                tracing::warn!(kind = "Municipality", %error, "watch failed, retrying");
-            }
-        }
-    });
-    (reader, mine, services)
-}
-
 /// Runs the Municipality controller until `shutdown` completes.
 pub async fn run(
     ctx: Arc<Context>,
-    events: Events,
+    events: Events<Municipality>,
     triggers: impl Stream<Item = ObjectRef<Municipality>> + Send + 'static,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
@@ -265,7 +230,19 @@ async fn write_status(
     if reason == "NamespaceConflict" && ready_reason(&current.conditions) != Some(reason) {
         publish(ctx, m, EventType::Warning, reason, "Reconcile", &message).await;
     }
-    let (services, hold) = ctx.statuses.services(&name, &current.services);
+    let expected: Vec<String> = if ready {
+        ctx.stores
+            .shared_services
+            .state()
+            .iter()
+            .filter_map(|s| s.0.as_ref().ok())
+            .filter(|s| s.meta().deletion_timestamp.is_none() && selects(s, m))
+            .map(|s| s.name_any())
+            .collect()
+    } else {
+        vec![]
+    };
+    let (services, hold) = ctx.statuses.services(&name, &current.services, &expected);
     let status = MunicipalityStatus {
         namespace: Some(ns_name.to_string()),
         code: official_code(m),
@@ -286,13 +263,14 @@ async fn write_status(
         return Ok(None);
     }
     // The comune's own state is written at once. The services' entries and the quota usage
-    // wait, within bounds, so that one write carries several of their changes: an entry on its
-    // way holds the write a while (most arrive sooner), and a change of the quota alone is
-    // written at most every 30 s (the metrics have it live).
+    // wait, within bounds, so that one write carries several of their changes: entries wait a
+    // while for those still on their way (most arrive sooner), and the quota alone is written at
+    // most every 30 s (the metrics have it live).
     let mut own = status.clone();
     own.quota.clone_from(&current.quota);
     own.services.clone_from(&current.services);
-    if own == current {
+    let own_changed = own != current;
+    if !own_changed {
         if hold.is_some() {
             return Ok(hold);
         }
@@ -302,6 +280,14 @@ async fn write_status(
             return Ok(Some(wait));
         }
     }
+    tracing::debug!(
+        municipality = %name,
+        own = own_changed,
+        quota = status.quota != current.quota,
+        services = ?status.services.iter().map(|e| &e.phase).collect::<Vec<_>>(),
+        was = ?current.services.iter().map(|e| &e.phase).collect::<Vec<_>>(),
+        "writing status"
+    );
     let patch = json!({
         "apiVersion": "consorzio.io/v1alpha1",
         "kind": "Municipality",
@@ -316,35 +302,40 @@ async fn write_status(
             &Patch::Apply(patch),
         )
         .await?;
-    ctx.statuses.settled(&name, &status, m.resource_version());
-    release_older_managers(&api, &written, ctx).await?;
+    let version = release_older_managers(&api, written, ctx).await?;
+    ctx.statuses.settled(&name, &status, version);
     Ok(None)
 }
 
 /// Earlier versions wrote each service's entry under a field manager of its own. Once this
 /// controller writes the whole status, those managers let go of their entries, so that an entry
-/// this controller drops is gone: once per comune, on its first status write.
+/// this controller drops is gone: once per comune, on its first status write. Returns the
+/// resourceVersion of the last write.
 async fn release_older_managers(
     api: &Api<Municipality>,
-    written: &Municipality,
+    written: Municipality,
     ctx: &Context,
-) -> Result<(), Error> {
-    let older = written
+) -> Result<Option<String>, Error> {
+    let older: Vec<String> = written
         .managed_fields()
         .iter()
-        .filter_map(|f| f.manager.as_deref())
-        .filter(|manager| manager.starts_with("consorzio-service-"));
+        .filter_map(|f| f.manager.clone())
+        .filter(|manager| manager.starts_with("consorzio-service-"))
+        .collect();
+    let mut version = written.resource_version();
     for manager in older {
         let release = json!({"apiVersion": "consorzio.io/v1alpha1", "kind": "Municipality"});
         ctx.metrics.wrote("Municipality");
-        api.patch_status(
-            &written.name_any(),
-            &PatchParams::apply(manager).force(),
-            &Patch::Apply(release),
-        )
-        .await?;
+        let released = api
+            .patch_status(
+                &written.name_any(),
+                &PatchParams::apply(&manager).force(),
+                &Patch::Apply(release),
+            )
+            .await?;
+        version = released.resource_version();
     }
-    Ok(())
+    Ok(version)
 }
 
 /// Hard and used quota, from the ResourceQuota's status as the quota controller reports it.

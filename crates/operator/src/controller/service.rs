@@ -23,11 +23,9 @@ use kube::{
     api::{Patch, PatchParams, PostParams},
     core::{ApiResource, DeserializeGuard, ObjectMeta},
     runtime::{
-        WatchStreamExt,
         controller::{self, Action, Controller},
         events::EventType,
         reflector::{self, ObjectRef},
-        watcher,
     },
 };
 use rand::{Rng, distr::Alphanumeric};
@@ -35,7 +33,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{
-    Cached, Context, Error, Scope,
+    Cached, Context, Error, Events, Scope,
     apply::{apply_if_changed, delete},
     object::{publish, set_finalizer},
     reconcile_guarded, retry_policy,
@@ -67,18 +65,12 @@ const NOT_READY_LISTED: usize = 20;
 /// Runs the SharedService controller until `shutdown` completes.
 pub async fn run(
     ctx: Arc<Context>,
-    comuni: super::municipality::Events,
+    events: Events<SharedService>,
+    comuni: Events<Municipality>,
     triggers: impl Stream<Item = ObjectRef<SharedService>> + Send + 'static,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let api = Api::<DeserializeGuard<SharedService>>::all(ctx.client.clone());
-    let (reader, writer) = reflector::store();
-    let events = watcher(api, super::list_config())
-        .default_backoff()
-        .modify(|s| s.managed_fields_mut().clear())
-        .reflect(writer)
-        .applied_objects();
-    let services = reader.clone();
+    let services = ctx.stores.shared_services.clone();
     let changes = ctx.changes.clone();
     // Any change of a comune (joining a union, becoming Ready) may change who gets what.
     let every_service = move |m: Arc<DeserializeGuard<Municipality>>| {
@@ -89,7 +81,7 @@ pub async fn run(
             .map(|s| ObjectRef::from_obj(s.as_ref()))
             .collect::<Vec<_>>()
     };
-    Controller::for_stream(events, reader)
+    Controller::for_shared_stream(events, ctx.stores.shared_services.clone())
         .with_config(controller::Config::default().concurrency(ctx.config.concurrency))
         .watches_shared_stream(comuni, every_service)
         .reconcile_on(triggers.map(|r: ObjectRef<SharedService>| ObjectRef::new(&r.name)))
@@ -369,7 +361,14 @@ async fn reconcile_dedicated(
             _ => {}
         }
     }
-    let namespaces_ref = &namespaces;
+    // Each comune's entry is reported once its instance is applied, the others' at the end.
+    let report = |i: usize| {
+        let m = comuni[i];
+        let url = instance_url(s, m, &ctx.config);
+        let version = template_version(s, Some(&m.name_any()));
+        ctx.report(m, &s.name_any(), Some(entry(s, states[i], url, version)));
+    };
+    let (namespaces_ref, report_ref) = (&namespaces, &report);
     bounded(to_apply, ctx, |i| async move {
         let m = &comuni[i];
         ensure_credentials(s, &namespaces_ref[i], Some(&m.name_any()), ctx).await?;
@@ -378,15 +377,13 @@ async fn reconcile_dedicated(
             crate::render::service::ServiceRenderError::Json(e) => Error::from(e),
             _ => Error::Malformed("instance template"),
         })?;
-        apply_all(&rendered, ctx).await
+        apply_all(&rendered, ctx).await?;
+        report_ref(i);
+        Ok(())
     })
     .await?;
     prune(s, namespaces.iter().cloned().collect(), ctx).await?;
-    for (m, state) in comuni.iter().zip(&states) {
-        let url = instance_url(s, m, &ctx.config);
-        let version = template_version(s, Some(&m.name_any()));
-        ctx.report(m, &s.name_any(), Some(entry(s, *state, url, version)));
-    }
+    (0..comuni.len()).for_each(report);
     let summary = summarize(s, comuni, &states, halted);
     Ok((finish(s, summary, ctx).await?, true))
 }
@@ -413,23 +410,10 @@ async fn reconcile_shared(
     let version = template_version(s, None);
     let state = instance_state(s, &ns, &version, ctx);
 
-    let covered: Vec<usize> = (0..comuni.len())
-        .filter(|&i| scope.covers(&comuni[i].name_any()))
-        .collect();
-    bounded(covered, ctx, |i| async move {
-        let m = &comuni[i];
-        apply_all(&render_access_point(s, m, &ctx.config)?, ctx).await?;
-        subscribe(s, &namespace_name(m, &ctx.config), true, ctx).await
-    })
-    .await?;
-    let mut keep: BTreeSet<String> = comuni
-        .iter()
-        .map(|m| namespace_name(m, &ctx.config))
-        .collect();
-    keep.insert(ns.clone());
-    prune(s, keep, ctx).await?;
+    // Each comune's entry is reported once its access point is applied, the others' at the end.
     let url = s.spec.ingress.as_ref().map(|i| public_url(s, &i.host));
-    for m in comuni {
+    let report = |i: usize| {
+        let m = comuni[i];
         let url = url
             .clone()
             .or_else(|| Some(access_url(s, &namespace_name(m, &ctx.config))));
@@ -438,7 +422,26 @@ async fn reconcile_shared(
             &s.name_any(),
             Some(entry(s, state, url, version.clone())),
         );
-    }
+    };
+    let report_ref = &report;
+    let covered: Vec<usize> = (0..comuni.len())
+        .filter(|&i| scope.covers(&comuni[i].name_any()))
+        .collect();
+    bounded(covered, ctx, |i| async move {
+        let m = &comuni[i];
+        apply_all(&render_access_point(s, m, &ctx.config)?, ctx).await?;
+        subscribe(s, &namespace_name(m, &ctx.config), true, ctx).await?;
+        report_ref(i);
+        Ok(())
+    })
+    .await?;
+    let mut keep: BTreeSet<String> = comuni
+        .iter()
+        .map(|m| namespace_name(m, &ctx.config))
+        .collect();
+    keep.insert(ns.clone());
+    prune(s, keep, ctx).await?;
+    (0..comuni.len()).for_each(report);
     let summary = summarize_shared(s, &ns, state);
     Ok((finish(s, summary, ctx).await?, true))
 }

@@ -4,10 +4,11 @@
 //!
 //! One controller writes a comune's status, in one request: its own condition and quota, and
 //! the services' entries (`status.services`). Each service hands over its entry here and wakes
-//! that controller. Writes wait, within bounds, so that one write carries several changes:
-//! - an entry on its way (Pending, Updating) is held for `PROGRESS_HOLD`, and so is the rest of
-//!   the write; most instances arrive sooner, and are then written once, as Ready, together with
-//!   the quota and the other services;
+//! that controller. Writes of the entries and the quota wait, within bounds, so that one write
+//! carries several changes:
+//! - while an entry is on its way (Pending, Updating), or a service that selects the comune has
+//!   not reported yet, the entries reported wait, at most `PROGRESS_HOLD` from the first of
+//!   them: most instances arrive sooner, and are then written once, as Ready, together;
 //! - a change of the quota usage alone is written at most every `USAGE_REFRESH`.
 
 use std::{
@@ -19,12 +20,16 @@ use std::{
 use consorzio_api::{Municipality, MunicipalityStatus, ServiceInstanceStatus};
 use kube::ResourceExt;
 
-/// How long an instance on its way (Pending, Updating) goes unreported: most are Ready sooner,
-/// and then the comune's status is written once instead of two or three times.
-const PROGRESS_HOLD: Duration = Duration::from_secs(10);
+/// How long the entries reported may wait for the others: most instances are Ready sooner, and
+/// then the comune's status is written once instead of two or three times.
+const PROGRESS_HOLD: Duration = Duration::from_secs(30);
 
 /// How often a comune's status may be written when only its quota changed.
 const USAGE_REFRESH: Duration = Duration::from_secs(30);
+
+/// How long the cache may take to show a status write; until it does, the status written is
+/// the comune's status.
+const CACHE_LAG: Duration = Duration::from_secs(10);
 
 /// Per comune, by name.
 #[derive(Debug, Default)]
@@ -36,8 +41,8 @@ struct Comune {
     reports: Vec<Report>,
     /// When its status was last written.
     written: Option<Instant>,
-    /// The status last written, and the resourceVersion it replaced: while the cache still has
-    /// that version, this is the comune's status.
+    /// The status last written, and the resourceVersion the write made: until the cache has
+    /// that version (at most `CACHE_LAG`), this is the comune's status.
     unseen: Option<Box<(String, MunicipalityStatus)>>,
 }
 
@@ -46,7 +51,7 @@ struct Report {
     service: Box<str>,
     /// `None`: the comune no longer gets the service.
     entry: Option<ServiceInstanceStatus>,
-    /// Since when the entry has been on its way.
+    /// When it was first reported.
     since: Instant,
 }
 
@@ -62,14 +67,16 @@ fn listed<'a>(
 }
 
 impl Comune {
+    /// The status last written, if the cache (which has `m`) does not show it yet.
+    fn unseen(&self, m: &Municipality) -> Option<&MunicipalityStatus> {
+        let unseen = self.unseen.as_ref()?;
+        let lagging = self.written.is_some_and(|at| at.elapsed() < CACHE_LAG);
+        (lagging && m.metadata.resource_version.as_ref() != Some(&unseen.0)).then_some(&unseen.1)
+    }
+
     /// The comune's status: the one last written while the cache is behind it.
     fn status<'a>(&'a self, m: &'a Municipality) -> Option<&'a MunicipalityStatus> {
-        match &self.unseen {
-            Some(unseen) if m.metadata.resource_version.as_ref() == Some(&unseen.0) => {
-                Some(&unseen.1)
-            }
-            _ => m.status.as_ref(),
-        }
+        self.unseen(m).or(m.status.as_ref())
     }
 }
 
@@ -88,9 +95,7 @@ impl Statuses {
     /// The comune's status, as the cache has it or as last written if the cache is behind.
     pub fn current(&self, m: &Municipality) -> MunicipalityStatus {
         self.with(&m.name_any(), |c| {
-            let rv = m.metadata.resource_version.as_ref();
-            if c.unseen.as_ref().is_some_and(|u| Some(&u.0) != rv) {
-                // The cache has caught up (or someone else wrote since).
+            if c.unseen(m).is_none() {
                 c.unseen = None;
             }
             c.status(m).cloned().unwrap_or_default()
@@ -114,19 +119,12 @@ impl Statuses {
             if said == entry.as_ref() {
                 return false;
             }
-            let now = Instant::now();
             match c.reports.iter_mut().find(|r| &*r.service == service) {
-                Some(r) => {
-                    // Pending, then Updating: on its way since the first.
-                    if !(on_way(r.entry.as_ref()) && on_way(entry.as_ref())) {
-                        r.since = now;
-                    }
-                    r.entry = entry;
-                }
+                Some(r) => r.entry = entry,
                 None => c.reports.push(Report {
                     service: service.into(),
                     entry,
-                    since: now,
+                    since: Instant::now(),
                 }),
             }
             true
@@ -134,22 +132,23 @@ impl Statuses {
     }
 
     /// The entries the status should list, from `current` and the reports, in the order the
-    /// status has them (new ones last); and, if a report on its way is held, for how long.
+    /// status has them (new ones last); and, if the reports wait for others, for how long. The
+    /// services in `expected` select the comune.
     pub fn services(
         &self,
         comune: &str,
         current: &[ServiceInstanceStatus],
+        expected: &[String],
     ) -> (Vec<ServiceInstanceStatus>, Option<Duration>) {
         self.with(comune, |c| {
             let mut services = current.to_vec();
-            let mut hold: Option<Duration> = None;
+            let mut first: Option<Instant> = None;
+            let mut on_its_way = false;
             for r in &c.reports {
                 let at = services.iter().position(|e| *e.name == *r.service);
-                if on_way(r.entry.as_ref()) && r.entry.as_ref() != at.map(|i| &services[i]) {
-                    let left = PROGRESS_HOLD.saturating_sub(r.since.elapsed());
-                    if !left.is_zero() {
-                        hold = Some(hold.map_or(left, |h| h.min(left)));
-                    }
+                if r.entry.as_ref() != at.map(|i| &services[i]) {
+                    first = Some(first.map_or(r.since, |f| f.min(r.since)));
+                    on_its_way |= on_way(r.entry.as_ref());
                 }
                 match (at, &r.entry) {
                     (Some(i), Some(e)) => services[i] = e.clone(),
@@ -160,6 +159,13 @@ impl Statuses {
                     (None, None) => {}
                 }
             }
+            let unreported = expected
+                .iter()
+                .any(|name| listed(&services, name).is_none());
+            let hold = first
+                .filter(|_| on_its_way || unreported)
+                .map(|first| PROGRESS_HOLD.saturating_sub(first.elapsed()))
+                .filter(|left| !left.is_zero());
             (services, hold)
         })
     }
@@ -168,22 +174,22 @@ impl Statuses {
     /// `Some(wait)` after `wait`.
     pub fn usage_write_wait(&self, comune: &str) -> Option<Duration> {
         self.with(comune, |c| {
-            let since = c.written?.elapsed();
             USAGE_REFRESH
-                .checked_sub(since)
+                .checked_sub(c.written?.elapsed())
                 .filter(|wait| !wait.is_zero())
         })
     }
 
-    /// Records that the comune's status says `status`: written now over resourceVersion `over`,
-    /// or already so (`None`). The reports it carries are done with.
-    pub fn settled(&self, comune: &str, status: &MunicipalityStatus, over: Option<String>) {
+    /// Records that the comune's status says `status`: as written now, the write making
+    /// resourceVersion `version`, or as it already did (`None`). The reports it carries are done
+    /// with.
+    pub fn settled(&self, comune: &str, status: &MunicipalityStatus, version: Option<String>) {
         self.with(comune, |c| {
             c.reports
                 .retain(|r| listed(&status.services, &r.service) != r.entry.as_ref());
-            if let Some(over) = over {
+            if let Some(version) = version {
                 c.written = Some(Instant::now());
-                c.unseen = Some(Box::new((over, status.clone())));
+                c.unseen = Some(Box::new((version, status.clone())));
             }
         });
     }
@@ -236,54 +242,64 @@ mod tests {
         // The same report twice wakes the controller once.
         assert!(!statuses.report(&m, "cms", Some(entry("cms", "Failed"))));
         let current = statuses.current(&m);
-        let (services, hold) = statuses.services("lugano", &current.services);
+        let expected = ["cms".to_string(), "files".to_string()];
+        let (services, hold) = statuses.services("lugano", &current.services, &expected);
         assert_eq!(services, [entry("cms", "Failed"), entry("files", "Ready")]);
         assert_eq!(hold, None);
     }
 
     #[test]
-    fn an_entry_on_its_way_holds_the_write_until_it_arrives_or_its_time_is_up() {
+    fn entries_wait_for_those_on_their_way_and_those_not_reported_yet() {
         let statuses = Statuses::default();
         let m = comune("1", vec![]);
+        let expected = ["gis".to_string(), "cms".to_string(), "files".to_string()];
+        let waits = |hold: Option<Duration>| {
+            hold.is_some_and(|h| h > PROGRESS_HOLD - Duration::from_secs(1) && h <= PROGRESS_HOLD)
+        };
         assert!(statuses.report(&m, "gis", Some(entry("gis", "Ready"))));
+        // cms and files select the comune and have not reported.
+        assert!(waits(statuses.services("lugano", &[], &expected).1));
+        assert!(statuses.report(&m, "files", Some(entry("files", "Ready"))));
         assert!(statuses.report(&m, "cms", Some(entry("cms", "Pending"))));
-        let (_, hold) = statuses.services("lugano", &[]);
-        assert!(hold.is_some_and(|h| h > Duration::from_secs(9) && h <= PROGRESS_HOLD));
-        // Pending then Updating: still on its way since the first report.
+        assert!(waits(statuses.services("lugano", &[], &expected).1));
         assert!(statuses.report(&m, "cms", Some(entry("cms", "Updating"))));
-        assert!(statuses.services("lugano", &[]).1.is_some());
+        assert!(waits(statuses.services("lugano", &[], &expected).1));
+        // All arrived: written at once.
         assert!(statuses.report(&m, "cms", Some(entry("cms", "Ready"))));
-        let (services, hold) = statuses.services("lugano", &[]);
-        assert_eq!(services, [entry("gis", "Ready"), entry("cms", "Ready")]);
+        let (services, hold) = statuses.services("lugano", &[], &expected);
+        let ready = [
+            entry("gis", "Ready"),
+            entry("files", "Ready"),
+            entry("cms", "Ready"),
+        ];
+        assert_eq!(services, ready);
         assert_eq!(hold, None);
         // An entry on its way that the status already lists holds nothing.
         let updating = comune("2", vec![entry("cms", "Updating")]);
         let other = Statuses::default();
         assert!(other.report(&updating, "gis", Some(entry("gis", "Ready"))));
-        assert_eq!(
-            other.services("lugano", &[entry("cms", "Updating")]).1,
-            None
-        );
+        let listed = [entry("cms", "Updating")];
+        assert_eq!(other.services("lugano", &listed, &expected[..2]).1, None);
     }
 
     #[test]
-    fn the_status_written_stands_until_the_cache_has_a_newer_version() {
+    fn the_status_written_stands_until_the_cache_has_it() {
         let statuses = Statuses::default();
         let stale = comune("1", vec![]);
         assert!(statuses.report(&stale, "gis", Some(entry("gis", "Ready"))));
-        let (services, _) = statuses.services("lugano", &[]);
+        let (services, _) = statuses.services("lugano", &[], &[]);
         let written = MunicipalityStatus {
             services,
             ..Default::default()
         };
-        statuses.settled("lugano", &written, Some("1".into()));
+        statuses.settled("lugano", &written, Some("2".into()));
         // The cache still has version 1: the status is the one written, and the service's entry,
         // reported again from a pass that read the old status, changes nothing.
         assert_eq!(statuses.current(&stale), written);
         assert!(!statuses.report(&stale, "gis", Some(entry("gis", "Ready"))));
-        assert_eq!(statuses.services("lugano", &[]).0, []);
+        assert_eq!(statuses.services("lugano", &[], &[]).0, []);
         assert!(statuses.usage_write_wait("lugano").is_some());
-        // A newer version in the cache is the status again.
+        // Once the cache has the version written, it is the status again.
         let fresh = comune("2", vec![]);
         assert_eq!(
             statuses.current(&fresh),

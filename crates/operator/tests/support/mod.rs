@@ -56,19 +56,24 @@ impl Operator {
             }],
             ..Config::default()
         };
-        let (ctx, triggers, events, comuni) =
-            Context::start(client, config, metrics.clone()).await?;
+        let (ctx, streams) = Context::start(client, config, metrics.clone()).await?;
         let (stop, stopped) = oneshot::channel::<()>();
         let stopped = futures::FutureExt::shared(async {
             let _ = stopped.await;
         });
         let municipalities = controller::run_municipalities(
             ctx.clone(),
-            events,
-            triggers.municipalities,
+            streams.municipalities,
+            streams.municipality_triggers,
             stopped.clone(),
         );
-        let services = controller::run_services(ctx, comuni, triggers.services, stopped);
+        let services = controller::run_services(
+            ctx,
+            streams.services,
+            streams.comuni,
+            streams.service_triggers,
+            stopped,
+        );
         let task = tokio::spawn(async move {
             futures::future::join(municipalities, services).await;
         });
