@@ -61,6 +61,8 @@ pub struct Context {
     failures: Mutex<HashMap<String, u32>>,
     /// Each service's last pass.
     passes: Mutex<HashMap<String, Pass>>,
+    /// When each service's status was last written.
+    service_status_written: Mutex<HashMap<String, Instant>>,
     /// Which comuni changed, and when.
     changes: Arc<Changes>,
     /// What the comuni's status should say beyond the cache, and when to write it.
@@ -266,11 +268,11 @@ impl Changes {
     }
 }
 
-/// A service's pass: when it ended and how long it took, and what it covered.
+/// A service's pass: when it ended and how long the next should wait, and what it covered.
 #[derive(Debug, Clone, Copy)]
 struct Pass {
     ended: Instant,
-    took: Duration,
+    cooldown: Duration,
     /// The count of changes when this pass started (see `Changes`).
     seen: u64,
     /// The service's generation then.
@@ -316,6 +318,9 @@ fn managed() -> watcher::Config {
 
 /// The longest a service's pass waits after the previous one.
 const MAX_COOLDOWN: Duration = Duration::from_secs(5);
+
+/// How often a service's status may be written when only its counts changed.
+const COUNTS_REFRESH: Duration = Duration::from_secs(5);
 
 /// Drives a watch stream in its own task, telling `senders` about every object it sees.
 fn drive<K, S>(stream: S, senders: Senders)
@@ -404,6 +409,7 @@ impl Context {
             recorder,
             failures: Mutex::default(),
             passes: Mutex::default(),
+            service_status_written: Mutex::default(),
             changes,
             statuses: statuses::Statuses::default(),
             wake: municipalities,
@@ -429,13 +435,13 @@ impl Context {
         Duration::from_secs(1u64 << (*n - 1).min(8)).min(Duration::from_secs(300))
     }
 
-    /// How long a service's next pass should wait: as long as its last one took, at most 5 s,
-    /// counted from when that one ended.
+    /// How long a service's next pass should wait, counted from when the last one ended: not
+    /// at all if that one created or changed instances (more may be waiting), else as long as
+    /// it took, at most 5 s.
     fn pass_cooldown(&self, service: &str) -> Option<Duration> {
         let passes = self.passes.lock().ok()?;
         let pass = passes.get(service)?;
-        pass.took
-            .min(MAX_COOLDOWN)
+        pass.cooldown
             .checked_sub(pass.ended.elapsed())
             .filter(|wait| !wait.is_zero())
     }
@@ -461,8 +467,8 @@ impl Context {
     }
 
     /// Records a service's pass, which started at change count `seen` and covered `scope`.
-    /// After a failure (`ok: false`) the next pass covers every comune.
-    fn pass_done(&self, s: &SharedService, took: Duration, scope: &Scope, seen: u64, ok: bool) {
+    /// After one that stopped early or failed the next pass covers every comune.
+    fn pass_done(&self, s: &SharedService, took: Duration, scope: &Scope, seen: u64, went: Went) {
         let Ok(mut passes) = self.passes.lock() else {
             return;
         };
@@ -474,13 +480,32 @@ impl Context {
         };
         let pass = Pass {
             ended: now,
-            took,
+            cooldown: match went {
+                Went::Wrote => Duration::ZERO,
+                Went::Through | Went::Partly => took.min(MAX_COOLDOWN),
+            },
             seen,
             generation: s.meta().generation,
             whole,
-            ok,
+            ok: went != Went::Partly,
         };
         passes.insert(s.name_any(), pass);
+    }
+
+    /// When a service's status may be written if only its counts changed: `None` now,
+    /// `Some(wait)` after `wait`.
+    fn counts_write_wait(&self, service: &str) -> Option<Duration> {
+        let written = self.service_status_written.lock().ok()?;
+        COUNTS_REFRESH
+            .checked_sub(written.get(service)?.elapsed())
+            .filter(|wait| !wait.is_zero())
+    }
+
+    /// Records that a service's status was written now.
+    fn counts_written(&self, service: &str) {
+        if let Ok(mut written) = self.service_status_written.lock() {
+            written.insert(service.to_string(), Instant::now());
+        }
     }
 
     /// Hands over the entry of `service` in comune `m`'s status (`None`: it no longer gets the
@@ -574,6 +599,7 @@ where
 }
 
 pub use municipality::run as run_municipalities;
+use service::Went;
 pub use service::run as run_services;
 
 #[cfg(test)]

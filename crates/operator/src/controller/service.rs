@@ -3,7 +3,14 @@
 //! `shared-<service>` and an access point in each selected comune's namespace. Either way, the
 //! instances of comuni that leave are removed with their volumes kept.
 
-use std::{collections::BTreeSet, sync::Arc, time::Duration};
+use std::{
+    collections::BTreeSet,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use consorzio_api::{
     Municipality, NotReady, RolloutStatus, ServiceInstanceStatus, SharedService,
@@ -95,9 +102,9 @@ async fn reconcile(
     guard: Arc<DeserializeGuard<SharedService>>,
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
-    // A pass goes over every comune the service serves, and every change of an instance asks
-    // for one: after a pass, wait as long as it took (at most 5 s) before the next. Changes
-    // that arrive meanwhile are merged into that next pass.
+    // A pass looks at every comune the service serves, and every change of an instance asks
+    // for one: after a pass that created or changed no instance, wait as long as it took (at
+    // most 5 s) before the next. Changes that arrive meanwhile are merged into that next pass.
     let name = guard.name_any();
     if let Some(wait) = ctx.pass_cooldown(&name) {
         tokio::time::sleep(wait).await;
@@ -106,11 +113,33 @@ async fn reconcile(
     reconcile_guarded(&guard, &ctx, ControllerName::sharedservice, |s| async {
         let (scope, seen) = ctx.pass_scope(s);
         let outcome = reconcile_service(s, &scope, &ctx).await;
-        let complete = matches!(outcome, Ok((_, true)));
-        ctx.pass_done(s, started.elapsed(), &scope, seen, complete);
+        let went = outcome.as_ref().map_or(Went::Partly, |(_, went)| *went);
+        ctx.pass_done(s, started.elapsed(), &scope, seen, went);
         outcome.map(|(action, _)| action)
     })
     .await
+}
+
+/// How far a pass went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Went {
+    /// It stopped early, or failed: the next covers every comune.
+    Partly,
+    /// It did all it had to, and wrote nothing to the comuni's instances.
+    Through,
+    /// It did all it had to, and created or changed instances: more may be waiting, so the next
+    /// pass need not wait.
+    Wrote,
+}
+
+impl Went {
+    fn through(wrote: &AtomicBool) -> Went {
+        if wrote.load(Ordering::Relaxed) {
+            Went::Wrote
+        } else {
+            Went::Through
+        }
+    }
 }
 
 fn error_policy(
@@ -221,14 +250,14 @@ async fn reconcile_service(
     s: &SharedService,
     scope: &Scope,
     ctx: &Context,
-) -> Result<(Action, bool), Error> {
+) -> Result<(Action, Went), Error> {
     // Until the Municipality cache has listed them all, no comune may look unselected: that
     // would remove instances.
     if !listed(&ctx.stores.municipalities) {
-        return Ok((Action::requeue(Duration::from_secs(1)), false));
+        return Ok((Action::requeue(Duration::from_secs(1)), Went::Partly));
     }
     if s.meta().deletion_timestamp.is_some() {
-        return Ok((cleanup(s, ctx).await?, false));
+        return Ok((cleanup(s, ctx).await?, Went::Partly));
     }
     set_finalizer(s, FINALIZER, true, ctx).await?;
     let chosen = selected(s, ctx);
@@ -268,14 +297,15 @@ where
     Ok(())
 }
 
-async fn apply_all(objects: &[Rendered], ctx: &Context) -> Result<(), Error> {
-    try_join_all(
+/// Applies what differs from the cache; says whether it wrote anything.
+async fn apply_all(objects: &[Rendered], ctx: &Context) -> Result<bool, Error> {
+    let wrote = try_join_all(
         objects
             .iter()
             .map(|o| apply_if_changed(&ctx.client, &ctx.metrics, o, ctx.stores.cached(o))),
     )
     .await?;
-    Ok(())
+    Ok(wrote.contains(&true))
 }
 
 async fn reconcile_dedicated(
@@ -283,7 +313,7 @@ async fn reconcile_dedicated(
     comuni: &[&Municipality],
     scope: &Scope,
     ctx: &Context,
-) -> Result<(Action, bool), Error> {
+) -> Result<(Action, Went), Error> {
     // Render the instances first: an invalid template changes nothing anywhere. A template
     // renders differently only when the service or the comune changes, so the comuni the pass
     // covers are enough. The objects are rendered again where they are applied, a few at a
@@ -299,7 +329,7 @@ async fn reconcile_dedicated(
                     "comune {municipality}: {source}; existing instances are left as they are"
                 );
                 write_status(s, ctx, Summary::failed("InvalidTemplate", message)).await?;
-                return Ok((Action::await_change(), false));
+                return Ok((Action::await_change(), Went::Partly));
             }
             Err(crate::render::service::ServiceRenderError::Json(e)) => return Err(e.into()),
         }
@@ -369,6 +399,8 @@ async fn reconcile_dedicated(
         ctx.report(m, &s.name_any(), Some(entry(s, states[i], url, version)));
     };
     let (namespaces_ref, report_ref) = (&namespaces, &report);
+    let wrote = AtomicBool::new(false);
+    let wrote_ref = &wrote;
     bounded(to_apply, ctx, |i| async move {
         let m = &comuni[i];
         ensure_credentials(s, &namespaces_ref[i], Some(&m.name_any()), ctx).await?;
@@ -377,7 +409,9 @@ async fn reconcile_dedicated(
             crate::render::service::ServiceRenderError::Json(e) => Error::from(e),
             _ => Error::Malformed("instance template"),
         })?;
-        apply_all(&rendered, ctx).await?;
+        if apply_all(&rendered, ctx).await? {
+            wrote_ref.store(true, Ordering::Relaxed);
+        }
         report_ref(i);
         Ok(())
     })
@@ -385,7 +419,7 @@ async fn reconcile_dedicated(
     prune(s, namespaces.iter().cloned().collect(), ctx).await?;
     (0..comuni.len()).for_each(report);
     let summary = summarize(s, comuni, &states, halted);
-    Ok((finish(s, summary, ctx).await?, true))
+    Ok((finish(s, summary, ctx).await?, Went::through(&wrote)))
 }
 
 async fn reconcile_shared(
@@ -393,11 +427,11 @@ async fn reconcile_shared(
     comuni: &[&Municipality],
     scope: &Scope,
     ctx: &Context,
-) -> Result<(Action, bool), Error> {
+) -> Result<(Action, Went), Error> {
     let ns = shared_namespace(s);
     if let Some(message) = foreign_namespace(s, &ns, ctx).await? {
         write_status(s, ctx, Summary::failed("NamespaceConflict", message)).await?;
-        return Ok((Action::requeue(Duration::from_secs(60)), false));
+        return Ok((Action::requeue(Duration::from_secs(60)), Went::Partly));
     }
     let instance = render_shared(s, &ctx.config)?;
     // The namespace first: everything else lives in it.
@@ -424,12 +458,16 @@ async fn reconcile_shared(
         );
     };
     let report_ref = &report;
+    let wrote = AtomicBool::new(false);
+    let wrote_ref = &wrote;
     let covered: Vec<usize> = (0..comuni.len())
         .filter(|&i| scope.covers(&comuni[i].name_any()))
         .collect();
     bounded(covered, ctx, |i| async move {
         let m = &comuni[i];
-        apply_all(&render_access_point(s, m, &ctx.config)?, ctx).await?;
+        if apply_all(&render_access_point(s, m, &ctx.config)?, ctx).await? {
+            wrote_ref.store(true, Ordering::Relaxed);
+        }
         subscribe(s, &namespace_name(m, &ctx.config), true, ctx).await?;
         report_ref(i);
         Ok(())
@@ -443,7 +481,7 @@ async fn reconcile_shared(
     prune(s, keep, ctx).await?;
     (0..comuni.len()).for_each(report);
     let summary = summarize_shared(s, &ns, state);
-    Ok((finish(s, summary, ctx).await?, true))
+    Ok((finish(s, summary, ctx).await?, Went::through(&wrote)))
 }
 
 /// Says when the shared namespace exists but is not this service's: it is left untouched.
@@ -532,12 +570,13 @@ async fn finish(s: &SharedService, summary: Summary, ctx: &Context) -> Result<Ac
     let counts = (summary.ready, summary.desired, updated);
     ctx.metrics
         .set_service(&s.name_any(), counts, summary.halted.is_some());
-    write_status(s, ctx, summary).await?;
-    Ok(Action::requeue(if done {
+    let later = write_status(s, ctx, summary).await?;
+    let next = if done {
         Duration::from_secs(30 * 60)
     } else {
         Duration::from_secs(5)
-    }))
+    };
+    Ok(Action::requeue(later.map_or(next, |later| later.min(next))))
 }
 
 /// Whether some pod of the instance in `ns` is available, whatever its version.
@@ -870,7 +909,13 @@ fn summarize(
     }
 }
 
-async fn write_status(s: &SharedService, ctx: &Context, summary: Summary) -> Result<(), Error> {
+/// Writes the service's status if it changed. Counts alone (instances becoming Available) are
+/// written at most every `COUNTS_REFRESH`: returns when to write them, if later.
+async fn write_status(
+    s: &SharedService,
+    ctx: &Context,
+    summary: Summary,
+) -> Result<Option<Duration>, Error> {
     let current = s.status.clone().unwrap_or_default();
     let generation = s.metadata.generation;
     let (ok, reason, message) = summary.ready_condition;
@@ -913,19 +958,35 @@ async fn write_status(s: &SharedService, ctx: &Context, summary: Summary) -> Res
         not_ready: summary.not_ready,
     };
     if current == status {
-        return Ok(());
+        return Ok(None);
+    }
+    let name = s.name_any();
+    let outline = |st: &SharedServiceStatus| {
+        let conditions: Vec<_> = st
+            .conditions
+            .iter()
+            .map(|c| (c.type_.clone(), c.status.clone(), c.reason.clone()))
+            .collect();
+        let target = st.rollout.as_ref().map(|r| r.target_version.clone());
+        (st.observed_generation, conditions, target)
+    };
+    if outline(&current) == outline(&status)
+        && let Some(wait) = ctx.counts_write_wait(&name)
+    {
+        return Ok(Some(wait));
     }
     let patch =
         json!({"apiVersion": "consorzio.io/v1alpha1", "kind": "SharedService", "status": status});
     ctx.metrics.wrote("SharedService");
     Api::<SharedService>::all(ctx.client.clone())
         .patch_status(
-            &s.name_any(),
+            &name,
             &PatchParams::apply(STATUS_MANAGER).force(),
             &Patch::Apply(patch),
         )
         .await?;
-    Ok(())
+    ctx.counts_written(&name);
+    Ok(None)
 }
 
 /// The service is being deleted: every instance and access point goes, volumes kept as the
