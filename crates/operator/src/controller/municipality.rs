@@ -265,7 +265,7 @@ async fn write_status(
     // The comune's own state is written at once. The services' entries and the quota usage
     // wait, within bounds, so that one write carries several of their changes: entries wait a
     // while for those still on their way (most arrive sooner), and the quota alone is written at
-    // most every minute (the metrics have it live).
+    // most every 30 s (the metrics have it live).
     let mut own = status.clone();
     own.quota.clone_from(&current.quota);
     own.services.clone_from(&current.services);

@@ -6,10 +6,9 @@
 //! the services' entries (`status.services`). Each service hands over its entry here and wakes
 //! that controller. Writes of the entries and the quota wait, within bounds, so that one write
 //! carries several changes:
-//! - while an entry is on its way (Pending, Updating; reported or already written), or a service
-//!   that selects the comune has not reported yet, the entries reported wait, at most
-//!   `PROGRESS_HOLD` from the first of them: most instances arrive sooner, and are then written
-//!   once, as Ready, together;
+//! - while an entry is on its way (Pending, Updating), or a service that selects the comune has
+//!   not reported yet, the entries reported wait, at most `PROGRESS_HOLD` from the first of
+//!   them: most instances arrive sooner, and are then written once, as Ready, together;
 //! - a change of the quota usage alone is written at most every `USAGE_REFRESH`.
 
 use std::{
@@ -23,10 +22,10 @@ use kube::ResourceExt;
 
 /// How long the entries reported may wait for the others: most instances are Ready sooner, and
 /// then the comune's status is written once instead of two or three times.
-const PROGRESS_HOLD: Duration = Duration::from_secs(60);
+const PROGRESS_HOLD: Duration = Duration::from_secs(30);
 
 /// How often a comune's status may be written when only its quota changed.
-const USAGE_REFRESH: Duration = Duration::from_secs(60);
+const USAGE_REFRESH: Duration = Duration::from_secs(30);
 
 /// How long the cache may take to show a status write; until it does, the status written is
 /// the comune's status.
@@ -144,10 +143,12 @@ impl Statuses {
         self.with(comune, |c| {
             let mut services = current.to_vec();
             let mut first: Option<Instant> = None;
+            let mut on_its_way = false;
             for r in &c.reports {
                 let at = services.iter().position(|e| *e.name == *r.service);
                 if r.entry.as_ref() != at.map(|i| &services[i]) {
                     first = Some(first.map_or(r.since, |f| f.min(r.since)));
+                    on_its_way |= on_way(r.entry.as_ref());
                 }
                 match (at, &r.entry) {
                     (Some(i), Some(e)) => services[i] = e.clone(),
@@ -161,7 +162,6 @@ impl Statuses {
             let unreported = expected
                 .iter()
                 .any(|name| listed(&services, name).is_none());
-            let on_its_way = services.iter().any(|e| on_way(Some(e)));
             let hold = first
                 .filter(|_| on_its_way || unreported)
                 .map(|first| PROGRESS_HOLD.saturating_sub(first.elapsed()))
@@ -274,14 +274,12 @@ mod tests {
         ];
         assert_eq!(services, ready);
         assert_eq!(hold, None);
-        // An entry on its way that the status already lists holds the others too; entries
-        // already written hold nothing.
+        // An entry on its way that the status already lists holds nothing.
         let updating = comune("2", vec![entry("cms", "Updating")]);
         let other = Statuses::default();
+        assert!(other.report(&updating, "gis", Some(entry("gis", "Ready"))));
         let listed = [entry("cms", "Updating")];
         assert_eq!(other.services("lugano", &listed, &expected[..2]).1, None);
-        assert!(other.report(&updating, "gis", Some(entry("gis", "Ready"))));
-        assert!(waits(other.services("lugano", &listed, &expected[..2]).1));
     }
 
     #[test]
