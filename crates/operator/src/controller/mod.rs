@@ -40,6 +40,7 @@ use serde_json::Value;
 pub use apply::{FIELD_MANAGER, contains};
 pub use cache::Cached;
 pub use error::Error;
+use service::Went;
 
 use crate::{
     metrics::{ControllerName, Metrics},
@@ -322,6 +323,13 @@ const MAX_COOLDOWN: Duration = Duration::from_secs(5);
 /// How often a service's status may be written when only its counts changed.
 const COUNTS_REFRESH: Duration = Duration::from_secs(5);
 
+/// What is left of `interval` counted from `since`; `None` once it has passed.
+fn left(interval: Duration, since: Instant) -> Option<Duration> {
+    interval
+        .checked_sub(since.elapsed())
+        .filter(|wait| !wait.is_zero())
+}
+
 /// Drives a watch stream in its own task, telling `senders` about every object it sees.
 fn drive<K, S>(stream: S, senders: Senders)
 where
@@ -441,9 +449,7 @@ impl Context {
     fn pass_cooldown(&self, service: &str) -> Option<Duration> {
         let passes = self.passes.lock().ok()?;
         let pass = passes.get(service)?;
-        pass.cooldown
-            .checked_sub(pass.ended.elapsed())
-            .filter(|wait| !wait.is_zero())
+        left(pass.cooldown, pass.ended)
     }
 
     /// Starts a pass of the service `s`: which comuni it covers, and the count of changes it
@@ -496,9 +502,7 @@ impl Context {
     /// `Some(wait)` after `wait`.
     fn counts_write_wait(&self, service: &str) -> Option<Duration> {
         let written = self.service_status_written.lock().ok()?;
-        COUNTS_REFRESH
-            .checked_sub(written.get(service)?.elapsed())
-            .filter(|wait| !wait.is_zero())
+        left(COUNTS_REFRESH, *written.get(service)?)
     }
 
     /// Records that a service's status was written now.
@@ -599,7 +603,6 @@ where
 }
 
 pub use municipality::run as run_municipalities;
-use service::Went;
 pub use service::run as run_services;
 
 #[cfg(test)]

@@ -23,6 +23,7 @@ use super::{
     apply::{FIELD_MANAGER, apply_if_changed, delete},
     object::{publish, set_finalizer},
     reconcile_guarded, retry_policy,
+    service::SERVICE_MANAGER_PREFIX,
     status::{condition, ready_reason},
 };
 use crate::{
@@ -320,7 +321,7 @@ async fn release_older_managers(
         .managed_fields()
         .iter()
         .filter_map(|f| f.manager.clone())
-        .filter(|manager| manager.starts_with("consorzio-service-"))
+        .filter(|manager| manager.starts_with(SERVICE_MANAGER_PREFIX))
         .collect();
     let mut version = written.resource_version();
     for manager in older {

@@ -66,6 +66,9 @@ use crate::{
 pub const FINALIZER: &str = "consorzio.io/instances";
 /// Field manager of the status this controller writes.
 const STATUS_MANAGER: &str = "consorzio-sharedservice";
+/// Field managers of each service's own writes (`<prefix><service>`): its subscription labels,
+/// and in earlier versions its entries in the comuni's status.
+pub const SERVICE_MANAGER_PREFIX: &str = "consorzio-service-";
 /// At most this many comuni are listed in `status.notReady`.
 const NOT_READY_LISTED: usize = 20;
 
@@ -529,7 +532,7 @@ async fn subscribe(s: &SharedService, ns: &str, on: bool, ctx: &Context) -> Resu
     let value = on.then_some("true");
     let patch = json!({"metadata": {"labels": {label: value}}});
     ctx.metrics.wrote("Namespace");
-    let manager = format!("consorzio-service-{}", s.name_any());
+    let manager = format!("{SERVICE_MANAGER_PREFIX}{}", s.name_any());
     match Api::<Namespace>::all(ctx.client.clone())
         .patch(
             ns,
@@ -961,18 +964,18 @@ async fn write_status(
         return Ok(None);
     }
     let name = s.name_any();
-    let outline = |st: &SharedServiceStatus| {
-        let conditions: Vec<_> = st
+    fn outline(c: &consorzio_api::Condition) -> (&str, &str, &str) {
+        (&c.type_, &c.status, &c.reason)
+    }
+    let counts_alone = current.observed_generation == status.observed_generation
+        && current
             .conditions
             .iter()
-            .map(|c| (c.type_.clone(), c.status.clone(), c.reason.clone()))
-            .collect();
-        let target = st.rollout.as_ref().map(|r| r.target_version.clone());
-        (st.observed_generation, conditions, target)
-    };
-    if outline(&current) == outline(&status)
-        && let Some(wait) = ctx.counts_write_wait(&name)
-    {
+            .map(outline)
+            .eq(status.conditions.iter().map(outline))
+        && current.rollout.as_ref().map(|r| &r.target_version)
+            == status.rollout.as_ref().map(|r| &r.target_version);
+    if counts_alone && let Some(wait) = ctx.counts_write_wait(&name) {
         return Ok(Some(wait));
     }
     let patch =

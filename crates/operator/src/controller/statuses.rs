@@ -20,6 +20,8 @@ use std::{
 use consorzio_api::{Municipality, MunicipalityStatus, ServiceInstanceStatus};
 use kube::ResourceExt;
 
+use super::left;
+
 /// How long the entries reported may wait for the others: most instances are Ready sooner, and
 /// then the comune's status is written once instead of two or three times.
 const PROGRESS_HOLD: Duration = Duration::from_secs(30);
@@ -112,15 +114,16 @@ impl Statuses {
         entry: Option<ServiceInstanceStatus>,
     ) -> bool {
         self.with(&m.name_any(), |c| {
-            let said = match c.reports.iter().find(|r| &*r.service == service) {
-                Some(r) => r.entry.as_ref(),
+            let reported = c.reports.iter().position(|r| &*r.service == service);
+            let said = match reported {
+                Some(i) => c.reports[i].entry.as_ref(),
                 None => c.status(m).and_then(|s| listed(&s.services, service)),
             };
             if said == entry.as_ref() {
                 return false;
             }
-            match c.reports.iter_mut().find(|r| &*r.service == service) {
-                Some(r) => r.entry = entry,
+            match reported {
+                Some(i) => c.reports[i].entry = entry,
                 None => c.reports.push(Report {
                     service: service.into(),
                     entry,
@@ -164,8 +167,7 @@ impl Statuses {
                 .any(|name| listed(&services, name).is_none());
             let hold = first
                 .filter(|_| on_its_way || unreported)
-                .map(|first| PROGRESS_HOLD.saturating_sub(first.elapsed()))
-                .filter(|left| !left.is_zero());
+                .and_then(|first| left(PROGRESS_HOLD, first));
             (services, hold)
         })
     }
@@ -173,11 +175,7 @@ impl Statuses {
     /// When the comune's status may be written if only its quota usage changed: `None` now,
     /// `Some(wait)` after `wait`.
     pub fn usage_write_wait(&self, comune: &str) -> Option<Duration> {
-        self.with(comune, |c| {
-            USAGE_REFRESH
-                .checked_sub(c.written?.elapsed())
-                .filter(|wait| !wait.is_zero())
-        })
+        self.with(comune, |c| left(USAGE_REFRESH, c.written?))
     }
 
     /// Records that the comune's status says `status`: as written now, the write making
