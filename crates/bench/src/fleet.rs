@@ -2,7 +2,7 @@
 //! one Shared), measured in five scenarios, and the same objects applied without the operator.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -15,6 +15,7 @@ use k8s_openapi::api::{
     apps::v1::Deployment,
     core::v1::{Namespace, Node, Secret},
 };
+use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{
     Api, Client, Resource, ResourceExt,
     api::{DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams},
@@ -258,7 +259,7 @@ async fn measure(
 
     // 2. The physical limit, first, on a cluster without the fleet.
     eprintln!("[{n}] physical limit: applying `consorzio render` output directly");
-    let (direct_objects, direct) = direct(client, fleet, &selector, options).await?;
+    let (direct_objects, direct) = direct(cluster, client, fleet, &selector, options).await?;
     eprintln!("[{n}] physical limit: {direct_objects} objects in {direct:?}");
 
     // 1. Cold start.
@@ -266,6 +267,8 @@ async fn measure(
     let mut operator = start_operator(cluster, options)?;
     operator.wait_leading().await?;
     let start = Instant::now();
+    let started = Timestamp::now();
+    let cpu = cluster.cpu_seconds()?;
     for (from, name) in SERVICES {
         apply_service(client, from, name, &selector, rollout_settings).await?;
     }
@@ -276,11 +279,23 @@ async fn measure(
         .await?;
     wait_served(client, n, timeout(n)).await?;
     let cold = start.elapsed();
+    eprintln!(
+        "[{n}] cold start, timeline:\n{}\n  control plane CPU: {}; operator CPU: {:.1} s",
+        timeline(client, started).await?,
+        cpu_used(cluster, &cpu)?,
+        operator.cpu_seconds()?
+    );
     // Quiet for longer than the operator defers a comune's quota usage (30 s), so that those
     // writes count too.
     let by_kind = operator.quiet_for(35).await?;
     let cold_writes = by_kind.values().sum();
     eprintln!("[{n}] cold start: {cold:?}, operator writes by kind: {by_kind:?}");
+    let metrics = cluster.dir.join(format!("logs/bench-metrics-{n}.txt"));
+    std::fs::write(&metrics, operator.metrics().await?)?;
+    eprintln!(
+        "[{n}] cold start: the operator's metrics are in {}",
+        metrics.display()
+    );
     let cold_peak_kib = operator.memory_kib()?.1;
     let cold_cpu_seconds = operator.cpu_seconds()?;
 
@@ -520,6 +535,74 @@ where
     Ok(())
 }
 
+/// When, in seconds from `started`, the namespaces and the instances' Deployments created since
+/// then were created, and when those Deployments became Available: the first, median, 90th
+/// percentile and last of each (the API server's timestamps are whole seconds). Tells a slow
+/// client from a slow controller-manager.
+async fn timeline(client: &Client, started: Timestamp) -> anyhow::Result<String> {
+    let since = |t: &Time| t.0.as_second() - started.as_second();
+    let spread = |mut times: Vec<i64>| {
+        times.sort_unstable();
+        match times.last() {
+            None => "none".to_string(),
+            Some(last) => {
+                let at = |q: usize| times[(times.len() - 1) * q / 100];
+                format!(
+                    "{} at {} / {} / {} / {last} s",
+                    times.len(),
+                    at(0),
+                    at(50),
+                    at(90)
+                )
+            }
+        }
+    };
+    let new = |t: &Option<Time>| t.as_ref().map(since).filter(|s| *s >= 0);
+    let namespaces = Api::<Namespace>::all(client.clone())
+        .list_metadata(&ListParams::default())
+        .await?;
+    let deployments = Api::<Deployment>::all(client.clone())
+        .list(&ListParams::default().labels(consorzio::render::service::SERVICE_LABEL))
+        .await?;
+    let created: Vec<_> = deployments
+        .iter()
+        .filter_map(|d| new(&d.metadata.creation_timestamp))
+        .collect();
+    let available = deployments
+        .iter()
+        .filter(|d| new(&d.metadata.creation_timestamp).is_some())
+        .filter_map(|d| {
+            let conditions = d.status.as_ref()?.conditions.as_ref()?;
+            let c = conditions
+                .iter()
+                .find(|c| c.type_ == "Available" && c.status == "True")?;
+            new(&c.last_transition_time)
+        })
+        .collect();
+    Ok(format!(
+        "  (first / median / 90 % / last)\n  namespaces created: {}\n  Deployments created: {}\n  Deployments Available: {}",
+        spread(
+            namespaces
+                .items
+                .iter()
+                .filter_map(|ns| new(&ns.metadata.creation_timestamp))
+                .collect()
+        ),
+        spread(created),
+        spread(available),
+    ))
+}
+
+/// The CPU seconds each control-plane component used since `before`.
+fn cpu_used(cluster: &Cluster, before: &BTreeMap<String, f64>) -> anyhow::Result<String> {
+    let now = cluster.cpu_seconds()?;
+    let used: Vec<String> = now
+        .iter()
+        .map(|(name, s)| format!("{name} {:.1} s", s - before.get(name).unwrap_or(&0.0)))
+        .collect();
+    Ok(used.join(", "))
+}
+
 async fn wait_namespaces_gone(client: &Client, names: HashSet<String>) -> anyhow::Result<()> {
     let api = Api::<Namespace>::all(client.clone());
     wait_for(
@@ -547,6 +630,7 @@ async fn wait_namespaces_gone(client: &Client, names: HashSet<String>) -> anyhow
 /// operator's concurrency (namespaces first), until every Deployment is Available. Deletes them
 /// afterwards. Returns the object count and the time.
 async fn direct(
+    cluster: &Cluster,
     client: &Client,
     fleet: &[Comune],
     selector: &Value,
@@ -614,6 +698,8 @@ async fn direct(
         .partition(|(key, _, occurrence)| key.1 == "Namespace" && *occurrence == 1);
 
     let start = Instant::now();
+    let started = Timestamp::now();
+    let cpu = cluster.cpu_seconds()?;
     for batch in [first, rest] {
         stream::iter(batch)
             .map(|(key, object, occurrence)| {
@@ -661,6 +747,12 @@ async fn direct(
     )
     .await?;
     let elapsed = start.elapsed();
+    eprintln!(
+        "[{}] physical limit, timeline:\n{}\n  control plane CPU: {}",
+        fleet.len(),
+        timeline(client, started).await?,
+        cpu_used(cluster, &cpu)?
+    );
 
     let api = Api::<Namespace>::all(client.clone());
     stream::iter(namespaces.iter())

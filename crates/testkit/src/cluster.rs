@@ -46,6 +46,24 @@ impl Cluster {
         self.dir.join("bin").join(name)
     }
 
+    /// CPU time used so far (user plus system, in seconds) by each running component, by name.
+    pub fn cpu_seconds(&self) -> anyhow::Result<std::collections::BTreeMap<String, f64>> {
+        let mut out = std::collections::BTreeMap::new();
+        for entry in std::fs::read_dir(self.dir.join("pids"))? {
+            let path = entry?.path();
+            let (Some(name), Ok(pid)) = (
+                path.file_stem().and_then(|s| s.to_str()),
+                std::fs::read_to_string(&path),
+            ) else {
+                continue;
+            };
+            if let Ok(seconds) = crate::cpu_seconds(pid.trim().parse()?) {
+                out.insert(name.to_string(), seconds);
+            }
+        }
+        Ok(out)
+    }
+
     /// The admin client configuration.
     pub async fn config(&self) -> anyhow::Result<Config> {
         let kubeconfig = Kubeconfig::read_from(self.kubeconfig())

@@ -130,15 +130,7 @@ impl OperatorProcess {
 
     /// CPU time used so far (user plus system), in seconds.
     pub fn cpu_seconds(&self) -> anyhow::Result<f64> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
-        // The fields after the command name, which is in parentheses; utime and stime are
-        // fields 14 and 15 of the line, in clock ticks of 1/100 s.
-        let rest = stat.rsplit_once(')').context("malformed /proc stat")?.1;
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks = |i: usize| -> anyhow::Result<f64> {
-            Ok(fields.get(i).context("short /proc stat")?.parse::<f64>()?)
-        };
-        Ok((ticks(11)? + ticks(12)?) / 100.0)
+        crate::cpu_seconds(self.child.id())
     }
 
     /// The sum of a metric's samples whose labels contain `labels` (e.g. `controller="municipality"`;

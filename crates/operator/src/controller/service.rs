@@ -51,9 +51,9 @@ use crate::{
     render::{
         MANAGED_BY, MUNICIPALITY_LABEL, ORPHANED_LABEL, Rendered, namespace_name,
         service::{
-            CREDENTIALS_ANNOTATION, SERVICE_LABEL, VERSION_ANNOTATION, credentials_name,
-            instance_url, is_dedicated, max_unavailable, public_url, render_dedicated, selects,
-            template_version, volume_name,
+            CREDENTIALS_ANNOTATION, SERVICE_LABEL, Selection, VERSION_ANNOTATION, Versions,
+            credentials_name, instance_url, is_dedicated, max_unavailable, public_url,
+            render_dedicated, template_version, volume_name,
         },
         shared::{
             access_policy_name, access_url, connection_name, render_access_point, render_shared,
@@ -81,10 +81,25 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let services = ctx.stores.shared_services.clone();
+    let comuni_store = ctx.stores.municipalities.clone();
     let changes = ctx.changes.clone();
-    // Any change of a comune (joining a union, becoming Ready) may change who gets what.
+    let seen = std::sync::Mutex::new(std::collections::HashMap::<String, u64>::new());
+    // A change of a comune that services read (its spec, labels, readiness; joining a union,
+    // becoming Ready) may change who gets what. Its status's other changes (quota usage, the
+    // services' entries: most of its changes) do not.
     let every_service = move |m: Arc<DeserializeGuard<Municipality>>| {
-        changes.touch(&m.name_any());
+        let name = m.name_any();
+        if let Ok(mut seen) = seen.lock() {
+            let read = what_services_read(&m);
+            if seen.insert(name.clone(), read) == Some(read) {
+                return vec![];
+            }
+            // Deletions are not sent here: forget deleted comuni now and then.
+            if seen.len() > 2 * comuni_store.len() + 64 {
+                seen.retain(|c, _| comuni_store.get(&ObjectRef::new(c)).is_some());
+            }
+        }
+        changes.touch(&name);
         services
             .state()
             .iter()
@@ -145,6 +160,22 @@ impl Went {
     }
 }
 
+/// A fingerprint of what the services read of a comune: its spec (the generation), labels,
+/// readiness and deletion.
+fn what_services_read(m: &DeserializeGuard<Municipality>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    let meta = m.meta();
+    (
+        &meta.generation,
+        &meta.labels,
+        meta.deletion_timestamp.is_some(),
+    )
+        .hash(&mut hasher);
+    m.0.as_ref().is_ok_and(is_ready).hash(&mut hasher);
+    hasher.finish()
+}
+
 fn error_policy(
     guard: Arc<DeserializeGuard<SharedService>>,
     error: &Error,
@@ -165,14 +196,18 @@ fn is_ready(m: &Municipality) -> bool {
 /// The comuni that get the service: selected and Ready, by name. Shared with the cache, not
 /// copied: a pass over thousands of comuni would otherwise copy each of them.
 fn selected(s: &SharedService, ctx: &Context) -> Vec<Arc<DeserializeGuard<Municipality>>> {
+    let selection = Selection::new(s);
     let mut chosen: Vec<_> = ctx
         .stores
         .municipalities
         .state()
         .into_iter()
-        .filter(|g| g.0.as_ref().is_ok_and(|m| is_ready(m) && selects(s, m)))
+        .filter(|g| {
+            g.0.as_ref()
+                .is_ok_and(|m| is_ready(m) && selection.matches(m))
+        })
         .collect();
-    chosen.sort_by_key(|g| g.name_any());
+    chosen.sort_unstable_by(|a, b| a.meta().name.cmp(&b.meta().name));
     chosen
 }
 
@@ -345,10 +380,11 @@ async fn reconcile_dedicated(
     // Waves: comuni on the target version that are not Available yet use up the budget; the
     // outdated ones (broken ones first) are updated as the budget allows. New comuni start at
     // once. The others are applied when the pass covers them.
+    let versions = Versions::new(s);
     let states: Vec<InstanceState> = comuni
         .iter()
         .zip(&namespaces)
-        .map(|(m, ns)| instance_state(s, ns, &template_version(s, Some(&m.name_any())), ctx))
+        .map(|(m, ns)| instance_state(s, ns, &versions.of(Some(&m.name_any())), ctx))
         .collect();
     let budget = max_unavailable(s, comuni.len());
     let busy = states
@@ -398,7 +434,7 @@ async fn reconcile_dedicated(
     let report = |i: usize| {
         let m = comuni[i];
         let url = instance_url(s, m, &ctx.config);
-        let version = template_version(s, Some(&m.name_any()));
+        let version = versions.of(Some(&m.name_any()));
         ctx.report(m, &s.name_any(), Some(entry(s, states[i], url, version)));
     };
     let (namespaces_ref, report_ref) = (&namespaces, &report);
@@ -419,8 +455,11 @@ async fn reconcile_dedicated(
         Ok(())
     })
     .await?;
-    prune(s, namespaces.iter().cloned().collect(), ctx).await?;
-    (0..comuni.len()).for_each(report);
+    prune(s, namespaces.iter().cloned().collect(), scope, ctx).await?;
+    // The entries of comuni the pass does not cover have not changed since the last.
+    (0..comuni.len())
+        .filter(|&i| scope.covers(comuni[i].meta().name.as_deref().unwrap_or_default()))
+        .for_each(report);
     let summary = summarize(s, comuni, &states, halted);
     Ok((finish(s, summary, ctx).await?, Went::through(&wrote)))
 }
@@ -481,7 +520,7 @@ async fn reconcile_shared(
         .map(|m| namespace_name(m, &ctx.config))
         .collect();
     keep.insert(ns.clone());
-    prune(s, keep, ctx).await?;
+    prune(s, keep, scope, ctx).await?;
     (0..comuni.len()).for_each(report);
     let summary = summarize_shared(s, &ns, state);
     Ok((finish(s, summary, ctx).await?, Went::through(&wrote)))
@@ -684,8 +723,18 @@ async fn ensure_credentials(
 }
 
 /// The namespaces where the service has something: instances, access points, subscriptions.
-fn namespaces_in_use(s: &SharedService, ctx: &Context) -> BTreeSet<String> {
+/// A pass over the comuni that changed looks only in theirs: the others have not changed since
+/// a pass that left them as they should be.
+fn namespaces_in_use(s: &SharedService, scope: &Scope, ctx: &Context) -> BTreeSet<String> {
     let name = s.name_any();
+    let label = subscriber_label(s);
+    if let Scope::Changed(comuni) = scope {
+        return comuni
+            .iter()
+            .map(|c| format!("{}{c}", ctx.config.namespace_prefix))
+            .filter(|ns| has_something_in(s, &label, ns, ctx))
+            .collect();
+    }
     let mut found = BTreeSet::new();
     let mut take = |service: Option<&str>, ns: Option<&str>| {
         if service == Some(name.as_str())
@@ -706,7 +755,6 @@ fn namespaces_in_use(s: &SharedService, ctx: &Context) -> BTreeSet<String> {
     for p in ctx.stores.network_policies.state() {
         take(p.label(SERVICE_LABEL), p.namespace());
     }
-    let label = subscriber_label(s);
     for n in ctx.stores.namespaces.state() {
         if n.label(&label).is_some() {
             found.insert(n.name().to_string());
@@ -715,12 +763,44 @@ fn namespaces_in_use(s: &SharedService, ctx: &Context) -> BTreeSet<String> {
     found
 }
 
+/// Whether the service has, in `ns`, any of the objects `namespaces_in_use` looks for, by the
+/// names it gives them; `label` is its subscription label.
+fn has_something_in(s: &SharedService, label: &str, ns: &str, ctx: &Context) -> bool {
+    let name = s.name_any();
+    let stores = &ctx.stores;
+    has(&stores.deployments, &name, ns, &name)
+        || has(&stores.services, &name, ns, &name)
+        || has(&stores.config_maps, &format!("{name}-settings"), ns, &name)
+        || has(&stores.config_maps, &connection_name(s), ns, &name)
+        || has(&stores.network_policies, &access_policy_name(s), ns, &name)
+        || stores
+            .namespaces
+            .get(&ObjectRef::new(ns))
+            .is_some_and(|n| n.label(label).is_some())
+}
+
+/// Whether `store` has the object `name` in `ns`, and it belongs to `service`.
+fn has<K>(store: &reflector::Store<Cached<K>>, name: &str, ns: &str, service: &str) -> bool
+where
+    K: Resource<DynamicType = ()>,
+{
+    store
+        .get(&ObjectRef::new(name).within(ns))
+        .is_some_and(|o| o.label(SERVICE_LABEL) == Some(service))
+}
+
 /// Removes what the service has in namespaces other than `keep` (comuni that no longer get it,
 /// or every one when the service goes); volumes (and the credentials that go with the data) are
-/// kept and labelled orphaned, unless the service says `reclaimPolicy: Delete`.
-async fn prune(s: &SharedService, keep: BTreeSet<String>, ctx: &Context) -> Result<(), Error> {
+/// kept and labelled orphaned, unless the service says `reclaimPolicy: Delete`. Looks only at the
+/// comuni that `scope` covers.
+async fn prune(
+    s: &SharedService,
+    keep: BTreeSet<String>,
+    scope: &Scope,
+    ctx: &Context,
+) -> Result<(), Error> {
     let name = s.name_any();
-    let leaving: Vec<String> = namespaces_in_use(s, ctx)
+    let leaving: Vec<String> = namespaces_in_use(s, scope, ctx)
         .difference(&keep)
         .cloned()
         .collect();
@@ -731,6 +811,7 @@ async fn prune(s: &SharedService, keep: BTreeSet<String>, ctx: &Context) -> Resu
     // Comuni that no longer get the service no longer list it.
     for m in ctx.stores.municipalities.state() {
         if let Ok(m) = &m.0
+            && scope.covers(m.meta().name.as_deref().unwrap_or_default())
             && !keep.contains(&namespace_name(m, &ctx.config))
         {
             ctx.report(m, &name, None);
@@ -1011,7 +1092,7 @@ async fn cleanup(s: &SharedService, ctx: &Context) -> Result<Action, Error> {
             .storage
             .as_ref()
             .is_some_and(|st| st.reclaim_policy != VolumeReclaimPolicy::Delete);
-    prune(s, BTreeSet::new(), ctx).await?;
+    prune(s, BTreeSet::new(), &Scope::Whole, ctx).await?;
     if !is_dedicated(s) && foreign_namespace(s, &ns, ctx).await?.is_none() {
         if keeps_data {
             let orphan = Rendered::new(&render_shared_namespace(s, true))?;

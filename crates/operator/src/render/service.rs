@@ -62,37 +62,91 @@ pub enum ServiceRenderError {
 /// `municipalities.selector` on the Municipality's labels plus those derived from its spec
 /// (`consorzio.io/union`, `consorzio.io/country`, ...).
 pub fn selects(s: &SharedService, m: &Municipality) -> bool {
-    let selection = &s.spec.municipalities;
-    if selection.names.iter().any(|n| *n == m.name_any()) {
-        return true;
+    Selection::new(s).matches(m)
+}
+
+/// A service's choice of comuni, read once to be matched against many.
+#[derive(Debug)]
+pub struct Selection<'a> {
+    names: &'a [String],
+    /// `None`: no selector. `Some(None)`: a malformed one (the API server refuses them; should
+    /// one get through, it selects nothing).
+    selector: Option<Option<Selector>>,
+}
+
+impl<'a> Selection<'a> {
+    pub fn new(s: &'a SharedService) -> Self {
+        let selection = &s.spec.municipalities;
+        Selection {
+            names: &selection.names,
+            selector: selection
+                .selector
+                .as_ref()
+                .map(|sel| Selector::try_from(sel.clone()).ok()),
+        }
     }
-    let Some(selector) = &selection.selector else {
-        return false;
-    };
-    let mut labels = m.labels().clone();
-    labels.extend(municipality_labels(m));
-    // The API server refuses malformed selectors; should one get through, it selects nothing.
-    Selector::try_from(selector.clone()).is_ok_and(|sel| sel.matches(&labels))
+
+    pub fn matches(&self, m: &Municipality) -> bool {
+        let name = m.metadata.name.as_deref().unwrap_or_default();
+        if self.names.iter().any(|n| n == name) {
+            return true;
+        }
+        let Some(Some(selector)) = &self.selector else {
+            return false;
+        };
+        let mut labels = m.labels().clone();
+        labels.extend(municipality_labels(m));
+        selector.matches(&labels)
+    }
 }
 
 /// A short, stable fingerprint of everything in the template that changes the pods: the
 /// rollout compares instances by it. FNV-1a, so it stays the same across operator builds.
 pub fn template_version(s: &SharedService, comune: Option<&str>) -> String {
-    let mut text = serde_json::to_string(&s.spec.template).unwrap_or_default();
-    if let Some(o) = comune.and_then(|c| s.spec.overrides.get(c)) {
-        text.push_str(&serde_json::to_string(o).unwrap_or_default());
+    Versions::new(s).of(comune)
+}
+
+/// The template versions of one service, for many comuni: the template is serialized and hashed
+/// once, and only a comune's overrides, if it has any, for each comune.
+#[derive(Debug)]
+pub struct Versions<'a> {
+    s: &'a SharedService,
+    tag: &'a str,
+    hash: u64,
+}
+
+impl<'a> Versions<'a> {
+    pub fn new(s: &'a SharedService) -> Self {
+        let text = serde_json::to_string(&s.spec.template).unwrap_or_default();
+        let image = &s.spec.template.image;
+        let tag = image.rsplit_once('@').map_or_else(
+            || image.rsplit_once(':').map_or("", |(_, t)| t),
+            |(_, digest)| &digest[..digest.len().min(19)],
+        );
+        Versions {
+            s,
+            tag,
+            hash: fnv(0xcbf2_9ce4_8422_2325, &text),
+        }
     }
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+
+    /// The version of the instance of `comune` (of the shared instance: `None`).
+    pub fn of(&self, comune: Option<&str>) -> String {
+        let hash = match comune.and_then(|c| self.s.spec.overrides.get(c)) {
+            Some(o) => fnv(self.hash, &serde_json::to_string(o).unwrap_or_default()),
+            None => self.hash,
+        };
+        format!("{}-{:08x}", self.tag, hash as u32)
+    }
+}
+
+/// FNV-1a of `text`, continuing from `hash`.
+fn fnv(mut hash: u64, text: &str) -> u64 {
     for byte in text.bytes() {
         hash ^= u64::from(byte);
         hash = hash.wrapping_mul(0x0100_0000_01b3);
     }
-    let image = &s.spec.template.image;
-    let tag = image.rsplit_once('@').map_or_else(
-        || image.rsplit_once(':').map_or("", |(_, t)| t),
-        |(_, digest)| &digest[..digest.len().min(19)],
-    );
-    format!("{tag}-{:08x}", hash as u32)
+    hash
 }
 
 pub(crate) fn labels(s: &SharedService, municipality: Option<&str>) -> BTreeMap<String, String> {
