@@ -49,11 +49,11 @@ use super::{
 use crate::{
     metrics::ControllerName,
     render::{
-        MANAGED_BY, MUNICIPALITY_LABEL, ORPHANED_LABEL, Rendered, namespace_name,
+        MANAGED_BY, MUNICIPALITY_LABEL, ORPHANED_LABEL, Rendered, comune_namespace, namespace_name,
         service::{
             CREDENTIALS_ANNOTATION, SERVICE_LABEL, Selection, VERSION_ANNOTATION, Versions,
             credentials_name, instance_url, is_dedicated, max_unavailable, public_url,
-            render_dedicated, template_version, volume_name,
+            render_dedicated, settings_name, template_version, volume_name,
         },
         shared::{
             access_policy_name, access_url, connection_name, render_access_point, render_shared,
@@ -731,7 +731,7 @@ fn namespaces_in_use(s: &SharedService, scope: &Scope, ctx: &Context) -> BTreeSe
     if let Scope::Changed(comuni) = scope {
         return comuni
             .iter()
-            .map(|c| format!("{}{c}", ctx.config.namespace_prefix))
+            .map(|c| comune_namespace(c, &ctx.config))
             .filter(|ns| has_something_in(s, &label, ns, ctx))
             .collect();
     }
@@ -770,7 +770,7 @@ fn has_something_in(s: &SharedService, label: &str, ns: &str, ctx: &Context) -> 
     let stores = &ctx.stores;
     has(&stores.deployments, &name, ns, &name)
         || has(&stores.services, &name, ns, &name)
-        || has(&stores.config_maps, &format!("{name}-settings"), ns, &name)
+        || has(&stores.config_maps, &settings_name(s), ns, &name)
         || has(&stores.config_maps, &connection_name(s), ns, &name)
         || has(&stores.network_policies, &access_policy_name(s), ns, &name)
         || stores
@@ -830,7 +830,7 @@ async fn remove_instance(s: &SharedService, ns: &str, ctx: &Context) -> Result<(
         (ApiResource::erase::<Deployment>(&()), name.clone()),
         (ApiResource::erase::<Service>(&()), name.clone()),
         (ApiResource::erase::<Ingress>(&()), name.clone()),
-        (config_map.clone(), format!("{name}-settings")),
+        (config_map.clone(), settings_name(s)),
         (config_map, connection_name(s)),
         (
             ApiResource::erase::<NetworkPolicy>(&()),

@@ -17,7 +17,9 @@ use kube::{
 };
 use serde::Serialize;
 
-pub use municipality::{municipality_labels, namespace_name, render_municipality};
+pub use municipality::{
+    comune_namespace, municipality_labels, namespace_name, render_municipality,
+};
 
 /// Marks every object the operator manages.
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "consorzio");

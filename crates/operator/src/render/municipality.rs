@@ -28,7 +28,12 @@ const VIEWERS_BINDING: &str = "consorzio-viewers";
 
 /// The namespace of a comune: the prefix and its name, e.g. `comune-lugano`.
 pub fn namespace_name(m: &Municipality, config: &Config) -> String {
-    format!("{}{}", config.namespace_prefix, m.name_any())
+    comune_namespace(&m.name_any(), config)
+}
+
+/// The namespace of the comune named `comune`.
+pub fn comune_namespace(comune: &str, config: &Config) -> String {
+    format!("{}{comune}", config.namespace_prefix)
 }
 
 /// Labels that describe a comune, from its spec: they go on its namespace, and SharedService

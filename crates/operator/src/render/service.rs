@@ -149,6 +149,11 @@ fn fnv(mut hash: u64, text: &str) -> u64 {
     hash
 }
 
+/// The name of an instance's settings ConfigMap.
+pub fn settings_name(s: &SharedService) -> String {
+    format!("{}-settings", s.name_any())
+}
+
 pub(crate) fn labels(s: &SharedService, municipality: Option<&str>) -> BTreeMap<String, String> {
     let mut labels = BTreeMap::from([
         (MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string()),
@@ -272,7 +277,7 @@ pub(crate) fn render_instance(
         settings.insert("CONSORZIO_URL".into(), public_url(s, host));
     }
     let settings_map = ConfigMap {
-        metadata: meta(format!("{name}-settings"), ns, labels.clone()),
+        metadata: meta(settings_name(s), ns, labels.clone()),
         data: Some(settings),
         ..Default::default()
     };
@@ -468,7 +473,7 @@ fn pod_template(
                 env_from: Some(vec![
                     EnvFromSource {
                         config_map_ref: Some(ConfigMapEnvSource {
-                            name: format!("{name}-settings"),
+                            name: settings_name(s),
                             optional: None,
                         }),
                         ..Default::default()
