@@ -8,8 +8,9 @@ use anyhow::{Context as _, bail, ensure};
 use consorzio_api::DeletionPolicy;
 use consorzio_testkit::{Env, TIMEOUT, run, wait_for, wait_gone};
 use k8s_openapi::api::{
+    admissionregistration::v1::{ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding},
     apps::v1::Deployment,
-    core::v1::{ConfigMap, LimitRange, Namespace, Pod, ResourceQuota, Secret},
+    core::v1::{ConfigMap, LimitRange, Namespace, Pod, ResourceQuota, Secret, ServiceAccount},
     events::v1::Event,
     networking::v1::NetworkPolicy,
     rbac::v1::RoleBinding,
@@ -481,6 +482,101 @@ async fn delete_policy_removes_the_namespace_before_letting_go() {
             namespaces.get_opt(&ns).await?.is_none(),
             "the namespace outlived its Municipality"
         );
+        op.stop().await;
+        Ok(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_comune_is_ready_only_once_its_namespace_can_run_pods() {
+    let _one = exclusive().await;
+    run(|env: Env| async move {
+        let op = Operator::start(&env).await?;
+        let m = comune();
+        let name = m.name_any();
+        let ns = format!("comune-{name}");
+        // An admission policy keeps the controller-manager from making the comune's namespace
+        // its default ServiceAccount, without which the API server refuses pods.
+        let policy: ValidatingAdmissionPolicy = serde_json::from_value(json!({
+            "metadata": {"name": format!("no-service-account-{name}")},
+            "spec": {
+                "failurePolicy": "Fail",
+                "matchConstraints": {"resourceRules": [{
+                    "apiGroups": [""], "apiVersions": ["v1"],
+                    "operations": ["CREATE"], "resources": ["serviceaccounts"],
+                }]},
+                "validations": [{"expression": "false", "message": "held back by a test"}],
+            },
+        }))?;
+        let binding: ValidatingAdmissionPolicyBinding = serde_json::from_value(json!({
+            "metadata": {"name": policy.name_any()},
+            "spec": {
+                "policyName": policy.name_any(),
+                "validationActions": ["Deny"],
+                "matchResources": {"namespaceSelector": {"matchLabels": {"consorzio.io/municipality": name}}},
+            },
+        }))?;
+        let (policies, bindings) = (
+            Api::<ValidatingAdmissionPolicy>::all(env.client()),
+            Api::<ValidatingAdmissionPolicyBinding>::all(env.client()),
+        );
+        policies.create(&PostParams::default(), &policy).await?;
+        env.delete_later(&policy);
+        bindings.create(&PostParams::default(), &binding).await?;
+        env.delete_later(&binding);
+        let probe = env
+            .namespace_with_labels("probe", &[("consorzio.io/municipality", &name)])
+            .await?;
+        let account = |ns: &str| -> anyhow::Result<ServiceAccount> {
+            Ok(serde_json::from_value(json!({"metadata": {"name": "default", "namespace": ns}}))?)
+        };
+        wait_for("the policy to hold ServiceAccounts back", TIMEOUT, || async {
+            let created = env
+                .api::<ServiceAccount>(&probe)
+                .create(&PostParams::default(), &account(&probe)?)
+                .await;
+            ensure!(created.is_err(), "a ServiceAccount was created");
+            Ok(())
+        })
+        .await?;
+
+        apply(&env, &m).await?;
+        let waiting = wait_ready(&env, &name, "False").await?;
+        let ready = waiting
+            .status
+            .context("status")?
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "Ready")
+            .context("Ready")?;
+        assert_eq!(ready.reason, "WaitingForServiceAccount");
+        assert!(ready.message.contains(&ns), "{}", ready.message);
+        assert!(
+            env.api::<ServiceAccount>(&ns)
+                .get_opt("default")
+                .await?
+                .is_none()
+        );
+
+        // The policy goes and the ServiceAccount comes (made here: the controller-manager
+        // would retry later): the comune becomes Ready.
+        bindings.delete(&binding.name_any(), &DeleteParams::default()).await?;
+        policies.delete(&policy.name_any(), &DeleteParams::default()).await?;
+        wait_for("the default ServiceAccount", TIMEOUT, || async {
+            let created = env
+                .api::<ServiceAccount>(&ns)
+                .create(&PostParams::default(), &account(&ns)?)
+                .await;
+            match created {
+                Ok(_) => Ok(()),
+                Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
+                Err(e) => Err(e.into()),
+            }
+        })
+        .await?;
+        wait_ready(&env, &name, "True").await?;
+        remove(&env, &name).await?;
         op.stop().await;
         Ok(())
     })

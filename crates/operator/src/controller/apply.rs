@@ -1,6 +1,12 @@
 //! Writing desired objects with server-side apply, but only when the cluster differs from them,
 //! so that a reconcile with nothing to change performs no write at all.
 
+use std::{
+    collections::HashMap,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
 use kube::{
     Api, Client, ResourceExt,
     api::{DeleteParams, DynamicObject, Patch, PatchParams},
@@ -78,6 +84,91 @@ pub async fn apply_if_changed(
     Ok(true)
 }
 
+/// Objects created a moment ago, which the caches may not show yet: a reconcile that comes
+/// right after the one that created them (woken by another object's change) leaves them be
+/// instead of applying them again. In a cold start of 1,000 comuni, a quarter of the comuni had
+/// their namespace's objects applied twice so.
+#[derive(Debug, Default)]
+pub struct Created(Mutex<HashMap<String, (u64, Instant)>>);
+
+/// How long a created object may take to show in the caches.
+pub const CREATION_LAG: Duration = Duration::from_secs(10);
+
+/// What `apply_unless_unseen` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// The cluster already had it.
+    Unchanged,
+    /// It was written.
+    Wrote,
+    /// It was created a moment ago, and the caches do not show it yet: look again later.
+    Unseen,
+}
+
+impl Created {
+    fn key(desired: &Rendered) -> String {
+        format!(
+            "{}/{}/{}",
+            desired.resource.kind,
+            desired.object.namespace().unwrap_or_default(),
+            desired.object.name_any()
+        )
+    }
+
+    fn fingerprint(want: &Value) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::hash::DefaultHasher::new();
+        want.to_string().hash(&mut hasher);
+        hasher.finish()
+    }
+
+    fn is_recent(&self, key: &str, fingerprint: u64) -> bool {
+        self.0.lock().is_ok_and(|created| {
+            created
+                .get(key)
+                .is_some_and(|(f, at)| *f == fingerprint && at.elapsed() < CREATION_LAG)
+        })
+    }
+
+    fn record(&self, key: String, fingerprint: u64) {
+        if let Ok(mut created) = self.0.lock() {
+            if created.len() > 1024 {
+                created.retain(|_, (_, at)| at.elapsed() < CREATION_LAG);
+            }
+            created.insert(key, (fingerprint, Instant::now()));
+        }
+    }
+}
+
+/// Like `apply_if_changed`, but an object that `created` says was created with the same content
+/// a moment ago, and that the caches do not show yet, is not written again.
+pub async fn apply_unless_unseen(
+    client: &Client,
+    metrics: &Metrics,
+    desired: &Rendered,
+    cached: Option<Value>,
+    created: &Created,
+) -> Result<Applied, Error> {
+    if cached.is_some() {
+        let wrote = apply_if_changed(client, metrics, desired, cached).await?;
+        return Ok(if wrote {
+            Applied::Wrote
+        } else {
+            Applied::Unchanged
+        });
+    }
+    let (key, fingerprint) = (
+        Created::key(desired),
+        Created::fingerprint(&serde_json::to_value(&desired.object)?),
+    );
+    if created.is_recent(&key, fingerprint) {
+        return Ok(Applied::Unseen);
+    }
+    apply_if_changed(client, metrics, desired, None).await?;
+    created.record(key, fingerprint);
+    Ok(Applied::Wrote)
+}
+
 /// Deletes an object the operator created and no longer wants. A missing object is fine.
 pub async fn delete(
     client: &Client,
@@ -103,6 +194,19 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn a_creation_is_recent_for_a_while_and_for_the_same_content() {
+        let created = Created::default();
+        created.record("ConfigMap/n/c".into(), 1);
+        assert!(created.is_recent("ConfigMap/n/c", 1));
+        assert!(!created.is_recent("ConfigMap/n/c", 2), "other content");
+        assert!(!created.is_recent("ConfigMap/n/d", 1), "another object");
+        if let Ok(mut all) = created.0.lock() {
+            all.insert("ConfigMap/n/c".into(), (1, Instant::now() - CREATION_LAG));
+        }
+        assert!(!created.is_recent("ConfigMap/n/c", 1), "too long ago");
+    }
 
     #[test]
     fn extra_fields_in_the_cluster_do_not_count_as_a_change() {

@@ -19,7 +19,10 @@ use std::{
 use futures::{StreamExt, TryStreamExt, channel::mpsc};
 use k8s_openapi::api::{
     apps::v1::Deployment,
-    core::v1::{ConfigMap, LimitRange, Namespace, PersistentVolumeClaim, ResourceQuota, Service},
+    core::v1::{
+        ConfigMap, LimitRange, Namespace, PersistentVolumeClaim, ResourceQuota, Service,
+        ServiceAccount,
+    },
     networking::v1::{Ingress, NetworkPolicy},
     rbac::v1::RoleBinding,
 };
@@ -70,6 +73,10 @@ pub struct Context {
     statuses: statuses::Statuses,
     /// Wakes the Municipality controller for a comune.
     wake: mpsc::UnboundedSender<ObjectRef<Municipality>>,
+    /// The instances' states, as read from their cached Deployments.
+    deployment_states: cache::Readings<Deployment, service::InstanceState>,
+    /// The comuni's objects created a moment ago.
+    created: apply::Created,
 }
 
 impl Debug for Context {
@@ -104,6 +111,8 @@ pub struct Stores {
     pub volume_claims: Store<Cached<PersistentVolumeClaim>>,
     /// Application settings.
     pub config_maps: Store<Cached<ConfigMap>>,
+    /// Every namespace's `default` ServiceAccount: pods are refused until it exists.
+    pub service_accounts: Store<Cached<ServiceAccount>>,
     /// Every Municipality, shared by both controllers.
     pub municipalities: Store<DeserializeGuard<Municipality>>,
     /// Every SharedService.
@@ -153,7 +162,8 @@ impl Stores {
         self.services.wait_until_ready().await?;
         self.ingresses.wait_until_ready().await?;
         self.volume_claims.wait_until_ready().await?;
-        self.config_maps.wait_until_ready().await
+        self.config_maps.wait_until_ready().await?;
+        self.service_accounts.wait_until_ready().await
     }
 }
 
@@ -330,8 +340,8 @@ fn left(interval: Duration, since: Instant) -> Option<Duration> {
         .filter(|wait| !wait.is_zero())
 }
 
-/// Drives a watch stream in its own task, telling `senders` about every object it sees.
-fn drive<K, S>(stream: S, senders: Senders)
+/// Drives a watch stream in its own task, telling `changed` about every object it sees.
+fn drive<K, S>(stream: S, changed: impl Fn(&Cached<K>) + Send + 'static)
 where
     K: Resource<DynamicType = ()> + Send + 'static,
     S: futures::Stream<Item = Result<Cached<K>, watcher::Error>> + Send + 'static,
@@ -340,7 +350,7 @@ where
         let mut stream = std::pin::pin!(stream);
         while let Some(event) = stream.next().await {
             match event {
-                Ok(obj) => senders.notify(obj.label(SERVICE_LABEL), obj.label(MUNICIPALITY_LABEL)),
+                Ok(obj) => changed(&obj),
                 Err(error) => {
                     tracing::warn!(kind = %K::kind(&()), %error, "watch failed, retrying")
                 }
@@ -349,8 +359,13 @@ where
     });
 }
 
-/// Starts a cache of the managed objects of kind `K`.
-fn watch_managed<K>(client: &Client, senders: &Senders) -> Store<Cached<K>>
+/// Starts a cache of the objects of kind `K` that `config` selects; `changed` hears of each
+/// change once the cache has it.
+fn watch<K>(
+    client: &Client,
+    config: watcher::Config,
+    changed: impl Fn(&Cached<K>) + Send + 'static,
+) -> Store<Cached<K>>
 where
     K: Resource<DynamicType = ()>
         + Clone
@@ -363,12 +378,48 @@ where
 {
     let (reader, writer) = reflector::store();
     let dictionary = cache::Dictionary::default();
-    let events = watcher(Api::<K>::all(client.clone()), managed())
+    let events = watcher(Api::<K>::all(client.clone()), config)
         .default_backoff()
         .map_ok(move |event| cache::event(event, &dictionary));
     let stream = reflector::reflector(writer, events).touched_objects();
-    drive(stream, senders.clone());
+    drive(stream, changed);
     reader
+}
+
+/// Starts a cache of the managed objects of kind `K`; their changes go to the Municipality or
+/// SharedService they belong to.
+fn watch_managed<K>(client: &Client, senders: &Senders) -> Store<Cached<K>>
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + serde::Serialize
+        + Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let senders = senders.clone();
+    watch(client, managed(), move |obj: &Cached<K>| {
+        senders.notify(obj.label(SERVICE_LABEL), obj.label(MUNICIPALITY_LABEL))
+    })
+}
+
+/// Starts a cache of every namespace's `default` ServiceAccount; its creation in a comune's
+/// namespace goes to the comune's Municipality, which waits for it (see `municipality`).
+fn watch_service_accounts(
+    client: &Client,
+    senders: &Senders,
+    prefix: &str,
+) -> Store<Cached<ServiceAccount>> {
+    let (senders, prefix) = (senders.clone(), prefix.to_string());
+    let config = list_config().fields("metadata.name=default");
+    watch(client, config, move |sa: &Cached<ServiceAccount>| {
+        let comune = sa
+            .namespace()
+            .and_then(|ns| ns.strip_prefix(prefix.as_str()));
+        senders.notify(None, comune.filter(|c| !c.is_empty()))
+    })
 }
 
 impl Context {
@@ -400,6 +451,7 @@ impl Context {
             ingresses: watch_managed(&client, &senders),
             volume_claims: watch_managed(&client, &senders),
             config_maps: watch_managed(&client, &senders),
+            service_accounts: watch_service_accounts(&client, &senders, &config.namespace_prefix),
             municipalities: municipality_store,
             shared_services: service_store,
         };
@@ -421,6 +473,8 @@ impl Context {
             changes,
             statuses: statuses::Statuses::default(),
             wake: municipalities,
+            deployment_states: Default::default(),
+            created: Default::default(),
         };
         let streams = Streams {
             municipalities: municipality_events,

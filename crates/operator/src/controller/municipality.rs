@@ -20,7 +20,7 @@ use serde_json::json;
 
 use super::{
     Context, Error, Events,
-    apply::{FIELD_MANAGER, apply_if_changed, delete},
+    apply::{Applied, CREATION_LAG, FIELD_MANAGER, apply_if_changed, apply_unless_unseen, delete},
     object::{publish, set_finalizer},
     reconcile_guarded, retry_policy,
     service::SERVICE_MANAGER_PREFIX,
@@ -107,19 +107,41 @@ async fn reconcile_municipality(m: &Municipality, ctx: &Context) -> Result<Actio
     let (namespace, rest) = desired
         .split_first()
         .ok_or(Error::Malformed("rendered namespace"))?;
-    apply_if_changed(
-        &ctx.client,
-        &ctx.metrics,
-        namespace,
-        ctx.stores.cached(namespace),
-    )
-    .await?;
-    try_join_all(
-        rest.iter()
-            .map(|obj| apply_if_changed(&ctx.client, &ctx.metrics, obj, ctx.stores.cached(obj))),
-    )
-    .await?;
+    let apply = |obj| {
+        let cached = ctx.stores.cached(obj);
+        apply_unless_unseen(&ctx.client, &ctx.metrics, obj, cached, &ctx.created)
+    };
+    let mut applied = vec![apply(namespace).await?];
+    applied.extend(try_join_all(rest.iter().map(apply)).await?);
+    // What the caches do not show yet is looked at again once they should.
+    let look_again = applied.contains(&Applied::Unseen).then_some(CREATION_LAG);
     prune(&desired, &ns_name, ctx).await?;
+
+    // The API server refuses pods in a namespace until the controller-manager has made its
+    // `default` ServiceAccount, and services create instances only in Ready comuni: a comune
+    // becomes Ready once its namespace has it. (In a cold start of 1,000 comuni, instances made
+    // sooner had their pods refused 8,000 times, each retried after a growing backoff.) A comune
+    // that was Ready stays so.
+    if !was_ready(m, ctx) && !has_default_service_account(&ns_name, ctx) {
+        let waited = ctx.statuses.waited(&m.name_any());
+        // Its creation wakes this controller; the requeues are in case it takes long.
+        if let Some(patience) = SERVICE_ACCOUNT_PATIENCE.checked_sub(waited) {
+            let later = look_again.map_or(patience, |l| l.min(patience));
+            return Ok(Action::requeue(later.max(Duration::from_secs(1))));
+        }
+        let message = format!(
+            "namespace {ns_name} has no default ServiceAccount yet, and pods cannot be created \
+             without it; the controller-manager's serviceaccount controller makes it"
+        );
+        write_status(
+            m,
+            ctx,
+            (false, "WaitingForServiceAccount", message),
+            &ns_name,
+        )
+        .await?;
+        return Ok(Action::requeue(look_again.unwrap_or(RETRY_SERVICE_ACCOUNT)));
+    }
 
     let ready = if m.spec.suspended {
         (
@@ -139,7 +161,28 @@ async fn reconcile_municipality(m: &Municipality, ctx: &Context) -> Result<Actio
         )
     };
     let usage_later = write_status(m, ctx, ready, &ns_name).await?;
-    Ok(Action::requeue(usage_later.unwrap_or(RESYNC)))
+    let later = [usage_later, look_again].into_iter().flatten().min();
+    Ok(Action::requeue(later.unwrap_or(RESYNC)))
+}
+
+/// How long a comune's status waits silently for its namespace's `default` ServiceAccount
+/// (usually a moment) before it says what it waits for.
+const SERVICE_ACCOUNT_PATIENCE: Duration = Duration::from_secs(10);
+/// How often a comune that has waited that long looks for it again.
+const RETRY_SERVICE_ACCOUNT: Duration = Duration::from_secs(30);
+
+/// Whether the comune's status says it is Ready.
+fn was_ready(m: &Municipality, ctx: &Context) -> bool {
+    ctx.statuses
+        .current(m)
+        .conditions
+        .iter()
+        .any(|c| c.type_ == "Ready" && c.status == "True")
+}
+
+fn has_default_service_account(ns: &str, ctx: &Context) -> bool {
+    let key = ObjectRef::new("default").within(ns);
+    ctx.stores.service_accounts.get(&key).is_some()
 }
 
 enum NamespaceState {

@@ -213,7 +213,7 @@ fn selected(s: &SharedService, ctx: &Context) -> Vec<Arc<DeserializeGuard<Munici
 
 /// The state of a comune's instance, read from the cached Deployment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum InstanceState {
+pub enum InstanceState {
     Missing,
     /// Runs an older template.
     Outdated,
@@ -255,6 +255,11 @@ fn instance_state(s: &SharedService, ns: &str, version: &str, ctx: &Context) -> 
     if d.annotation(VERSION_ANNOTATION) != Some(version) {
         return InstanceState::Outdated;
     }
+    ctx.deployment_states.get(&d, progress)
+}
+
+/// How far a Deployment that runs the target template has come.
+fn progress(d: &Cached<Deployment>) -> InstanceState {
     let Progress { spec, status } = d.read().unwrap_or_default();
     let conditions = status.conditions.as_deref().unwrap_or_default();
     let wanted = spec.replicas.unwrap_or(1);

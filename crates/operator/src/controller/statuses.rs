@@ -46,6 +46,8 @@ struct Comune {
     /// The status last written, and the resourceVersion the write made: until the cache has
     /// that version (at most `CACHE_LAG`), this is the comune's status.
     unseen: Option<Box<(String, MunicipalityStatus)>>,
+    /// When it first waited for its namespace to be ready for pods.
+    waiting: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -190,6 +192,14 @@ impl Statuses {
                 c.unseen = Some(Box::new((version, status.clone())));
             }
         });
+    }
+
+    /// How long the comune has waited for its namespace to be ready for pods, counted from the
+    /// first time this is asked.
+    pub fn waited(&self, comune: &str) -> Duration {
+        self.with(comune, |c| {
+            c.waiting.get_or_insert_with(Instant::now).elapsed()
+        })
     }
 
     /// Forgets a comune that is gone.

@@ -36,31 +36,42 @@ pub fn comune_namespace(comune: &str, config: &Config) -> String {
     format!("{}{comune}", config.namespace_prefix)
 }
 
+/// The labels that describe a comune, from its spec.
+const DESCRIBING: [&str; 7] = [
+    MUNICIPALITY_LABEL,
+    "consorzio.io/country",
+    "consorzio.io/data-classification",
+    "consorzio.io/region",
+    "consorzio.io/province",
+    "consorzio.io/canton",
+    "consorzio.io/union",
+];
+
+/// One of the labels that describe a comune, from its spec (`None`: not one of them, or unset).
+pub fn municipality_label(m: &Municipality, key: &str) -> Option<String> {
+    let spec = &m.spec;
+    let value = match key {
+        MUNICIPALITY_LABEL => m.name_any(),
+        "consorzio.io/country" => format!("{:?}", spec.country),
+        "consorzio.io/data-classification" => {
+            label_value(&format!("{:?}", spec.data_classification))
+        }
+        "consorzio.io/region" => label_value(spec.region.as_deref()?),
+        "consorzio.io/province" => spec.province.clone()?,
+        "consorzio.io/canton" => format!("{:?}", spec.canton?),
+        "consorzio.io/union" => spec.union.clone()?,
+        _ => return None,
+    };
+    Some(value).filter(|v| !v.is_empty())
+}
+
 /// Labels that describe a comune, from its spec: they go on its namespace, and SharedService
 /// selectors match them (besides the Municipality's own labels).
 pub fn municipality_labels(m: &Municipality) -> BTreeMap<String, String> {
-    let spec = &m.spec;
-    let mut labels = BTreeMap::from([
-        (MUNICIPALITY_LABEL.to_string(), m.name_any()),
-        (
-            "consorzio.io/country".to_string(),
-            format!("{:?}", spec.country),
-        ),
-        (
-            "consorzio.io/data-classification".to_string(),
-            label_value(&format!("{:?}", spec.data_classification)),
-        ),
-    ]);
-    let mut put = |key: &str, value: Option<String>| {
-        if let Some(v) = value.filter(|v| !v.is_empty()) {
-            labels.insert(format!("consorzio.io/{key}"), v);
-        }
-    };
-    put("region", spec.region.as_deref().map(label_value));
-    put("province", spec.province.clone());
-    put("canton", spec.canton.map(|c| format!("{c:?}")));
-    put("union", spec.union.clone());
-    labels
+    DESCRIBING
+        .iter()
+        .filter_map(|key| Some((key.to_string(), municipality_label(m, key)?)))
+        .collect()
 }
 
 /// The official code shown by kubectl: the ISTAT code in Italy, the BFS number in Switzerland.
