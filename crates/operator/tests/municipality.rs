@@ -29,6 +29,18 @@ fn api_error(result: Result<impl std::fmt::Debug, kube::Error>) -> anyhow::Resul
     }
 }
 
+/// Waits until the Municipality is not Ready, and returns its Ready condition.
+async fn not_ready(env: &Env, name: &str) -> anyhow::Result<consorzio_api::Condition> {
+    wait_ready(env, name, "False")
+        .await?
+        .status
+        .context("status")?
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Ready")
+        .context("Ready")
+}
+
 async fn names<K>(api: &Api<K>) -> anyhow::Result<Vec<String>>
 where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
@@ -542,14 +554,7 @@ async fn a_comune_is_ready_only_once_its_namespace_can_run_pods() {
         .await?;
 
         apply(&env, &m).await?;
-        let waiting = wait_ready(&env, &name, "False").await?;
-        let ready = waiting
-            .status
-            .context("status")?
-            .conditions
-            .into_iter()
-            .find(|c| c.type_ == "Ready")
-            .context("Ready")?;
+        let ready = not_ready(&env, &name).await?;
         assert_eq!(ready.reason, "WaitingForServiceAccount");
         assert!(ready.message.contains(&ns), "{}", ready.message);
         assert!(
@@ -599,14 +604,7 @@ async fn foreign_namespace_is_reported_and_left_untouched() {
         env.delete_later(&foreign);
         apply(&env, &m).await?;
 
-        let not_ready = wait_ready(&env, &name, "False").await?;
-        let ready = not_ready
-            .status
-            .context("status")?
-            .conditions
-            .into_iter()
-            .find(|c| c.type_ == "Ready")
-            .context("Ready")?;
+        let ready = not_ready(&env, &name).await?;
         assert_eq!(ready.reason, "NamespaceConflict");
         assert!(ready.message.contains(&ns), "{}", ready.message);
 

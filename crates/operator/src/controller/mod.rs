@@ -359,6 +359,31 @@ where
     });
 }
 
+/// What the caches of managed objects can keep.
+trait Watched:
+    Resource<DynamicType = ()>
+    + Clone
+    + DeserializeOwned
+    + serde::Serialize
+    + Debug
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<K> Watched for K where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + serde::Serialize
+        + Debug
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// Starts a cache of the objects of kind `K` that `config` selects; `changed` hears of each
 /// change once the cache has it.
 fn watch<K>(
@@ -367,14 +392,7 @@ fn watch<K>(
     changed: impl Fn(&Cached<K>) + Send + 'static,
 ) -> Store<Cached<K>>
 where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + serde::Serialize
-        + Debug
-        + Send
-        + Sync
-        + 'static,
+    K: Watched,
 {
     let (reader, writer) = reflector::store();
     let dictionary = cache::Dictionary::default();
@@ -390,14 +408,7 @@ where
 /// SharedService they belong to.
 fn watch_managed<K>(client: &Client, senders: &Senders) -> Store<Cached<K>>
 where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + serde::Serialize
-        + Debug
-        + Send
-        + Sync
-        + 'static,
+    K: Watched,
 {
     let senders = senders.clone();
     watch(client, managed(), move |obj: &Cached<K>| {
