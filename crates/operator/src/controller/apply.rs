@@ -67,6 +67,12 @@ pub async fn apply_if_changed(
     if cached.is_some_and(|have| contains(&have, &want)) {
         return Ok(false);
     }
+    write(client, metrics, desired).await?;
+    Ok(true)
+}
+
+/// Applies `desired`.
+async fn write(client: &Client, metrics: &Metrics, desired: &Rendered) -> Result<(), Error> {
     let name = desired.object.name_any();
     let api = api_for(
         client,
@@ -81,7 +87,7 @@ pub async fn apply_if_changed(
         &Patch::Apply(&desired.object),
     )
     .await?;
-    Ok(true)
+    Ok(())
 }
 
 /// Objects created a moment ago, which the caches may not show yet: a reconcile that comes
@@ -164,7 +170,7 @@ pub async fn apply_unless_unseen(
     if created.is_recent(&key, fingerprint) {
         return Ok(Applied::Unseen);
     }
-    apply_if_changed(client, metrics, desired, None).await?;
+    write(client, metrics, desired).await?;
     created.record(key, fingerprint);
     Ok(Applied::Wrote)
 }

@@ -233,11 +233,12 @@ impl<K, V: Copy> Readings<K, V> {
     /// What `read` reads of `obj`, read once per object.
     pub fn get(&self, obj: &Arc<Cached<K>>, read: impl FnOnce(&Cached<K>) -> V) -> V {
         let address = Arc::as_ptr(obj) as usize;
-        let kept = |readings: &Self| {
-            let all = readings.0.lock().ok()?;
-            all.0.get(&address).map(|(_, value)| *value)
-        };
-        if let Some(value) = kept(self) {
+        let kept = self
+            .0
+            .lock()
+            .ok()
+            .and_then(|all| all.0.get(&address).map(|(_, value)| *value));
+        if let Some(value) = kept {
             return value;
         }
         let value = read(obj);

@@ -24,7 +24,7 @@ use super::{
     object::{publish, set_finalizer},
     reconcile_guarded, retry_policy,
     service::SERVICE_MANAGER_PREFIX,
-    status::{condition, ready_reason},
+    status::{condition, is_ready, ready_reason},
 };
 use crate::{
     metrics::{ControllerName, QUOTA_RESOURCES},
@@ -173,11 +173,7 @@ const RETRY_SERVICE_ACCOUNT: Duration = Duration::from_secs(30);
 
 /// Whether the comune's status says it is Ready.
 fn was_ready(m: &Municipality, ctx: &Context) -> bool {
-    ctx.statuses
-        .current(m)
-        .conditions
-        .iter()
-        .any(|c| c.type_ == "Ready" && c.status == "True")
+    is_ready(&ctx.statuses.current(m).conditions)
 }
 
 fn has_default_service_account(ns: &str, ctx: &Context) -> bool {

@@ -44,7 +44,7 @@ use super::{
     apply::{apply_if_changed, delete},
     object::{publish, set_finalizer},
     reconcile_guarded, retry_policy,
-    status::condition,
+    status::{self, condition},
 };
 use crate::{
     metrics::ControllerName,
@@ -186,11 +186,9 @@ fn error_policy(
 
 fn is_ready(m: &Municipality) -> bool {
     m.meta().deletion_timestamp.is_none()
-        && m.status.as_ref().is_some_and(|s| {
-            s.conditions
-                .iter()
-                .any(|c| c.type_ == "Ready" && c.status == "True")
-        })
+        && m.status
+            .as_ref()
+            .is_some_and(|s| status::is_ready(&s.conditions))
 }
 
 /// The comuni that get the service: selected and Ready, by name. Shared with the cache, not

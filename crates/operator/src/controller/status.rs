@@ -28,6 +28,13 @@ pub fn condition(
     }
 }
 
+/// Whether the conditions say `Ready=True`.
+pub fn is_ready(conditions: &[Condition]) -> bool {
+    conditions
+        .iter()
+        .any(|c| c.type_ == "Ready" && c.status == "True")
+}
+
 /// The reason of the `Ready` condition, if there is one.
 pub fn ready_reason(conditions: &[Condition]) -> Option<&str> {
     conditions
