@@ -25,7 +25,7 @@ use serde_json::Value;
 /// `BTreeMap` takes half a kilobyte for its first entry, a boxed string per key and value about 80
 /// bytes a pair. A pair with a NUL in it (Kubernetes allows one in an annotation's value; the
 /// operator never writes one) is left out.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, Hash)]
 struct Pairs(Box<str>);
 
 impl Pairs {
@@ -142,6 +142,21 @@ impl<K: Resource + Serialize> Cached<K> {
     /// The parts of the object (other than its metadata) that `T` reads, e.g. a status.
     pub fn read<T: DeserializeOwned>(&self) -> Option<T> {
         serde_json::from_slice(&self.json()?).ok()
+    }
+
+    /// A fingerprint of the object without its status: it changes when the object is written,
+    /// not when its controller reports on it.
+    pub fn without_status(&self) -> u64 {
+        let mut rest = self.read::<Value>().unwrap_or_default();
+        if let Some(rest) = rest.as_object_mut() {
+            rest.remove("status");
+        }
+        super::fingerprint((
+            &self.labels,
+            &self.annotations,
+            self.deleting,
+            rest.to_string(),
+        ))
     }
 
     fn json(&self) -> Option<Vec<u8>> {

@@ -10,7 +10,7 @@ mod status;
 mod statuses;
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     fmt::Debug,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -70,7 +70,7 @@ pub struct Context {
     /// Which comuni changed, and when.
     changes: Arc<Changes>,
     /// What the comuni's status should say beyond the cache, and when to write it.
-    statuses: statuses::Statuses,
+    statuses: Arc<statuses::Statuses>,
     /// Wakes the Municipality controller for a comune.
     wake: mpsc::UnboundedSender<ObjectRef<Municipality>>,
     /// The instances' states, as read from their cached Deployments.
@@ -173,6 +173,9 @@ struct Senders {
     municipalities: mpsc::UnboundedSender<ObjectRef<Municipality>>,
     services: mpsc::UnboundedSender<ObjectRef<SharedService>>,
     changes: Arc<Changes>,
+    statuses: Arc<statuses::Statuses>,
+    /// The comuni whose reconcile is to be woken later for a change of their quota usage.
+    waking: Arc<Mutex<HashSet<String>>>,
 }
 
 impl Senders {
@@ -187,6 +190,74 @@ impl Senders {
             let _ = self.municipalities.unbounded_send(ObjectRef::new(owner));
         }
     }
+
+    /// The quota usage of `comune` changed, and nothing else of its quota. Its status carries a
+    /// change of usage alone once the usage is still (see `statuses`): its reconcile is woken
+    /// then, once for all the changes until then. (At onboarding the quota controller reports a
+    /// dozen changes per comune, each a reconcile that had nothing to write.)
+    fn usage_changed(&self, comune: &str) {
+        self.statuses.usage_changed(comune);
+        let first = self
+            .waking
+            .lock()
+            .is_ok_and(|mut waking| waking.insert(comune.to_string()));
+        if !first {
+            return;
+        }
+        let (senders, comune) = (self.clone(), comune.to_string());
+        tokio::spawn(async move {
+            while let Some(wait) = senders.statuses.usage_write_wait(&comune) {
+                tokio::time::sleep(wait).await;
+            }
+            if let Ok(mut waking) = senders.waking.lock() {
+                waking.remove(&comune);
+            }
+            let _ = senders
+                .municipalities
+                .unbounded_send(ObjectRef::new(&comune));
+        });
+    }
+}
+
+/// The last fingerprint seen of each comune, or of one of its objects: a subscriber of their
+/// changes acts only on those that change what it reads.
+struct Fingerprints {
+    seen: Mutex<HashMap<String, u64>>,
+    comuni: Store<DeserializeGuard<Municipality>>,
+}
+
+impl Fingerprints {
+    /// Fingerprints of the comuni in `comuni` (by name).
+    fn new(comuni: Store<DeserializeGuard<Municipality>>) -> Self {
+        Self {
+            seen: Mutex::default(),
+            comuni,
+        }
+    }
+
+    /// Records `fingerprint` for `comune`; says whether it differs from the last one (or is the
+    /// first).
+    fn changed(&self, comune: &str, fingerprint: u64) -> bool {
+        let Ok(mut seen) = self.seen.lock() else {
+            return true;
+        };
+        if seen.insert(comune.to_string(), fingerprint) == Some(fingerprint) {
+            return false;
+        }
+        // Deletions are not reported here: forget deleted comuni now and then.
+        if seen.len() > 2 * self.comuni.len() + 64 {
+            seen.retain(|c, _| self.comuni.get(&ObjectRef::new(c)).is_some());
+        }
+        true
+    }
+}
+
+/// A fingerprint of `parts`.
+fn fingerprint(parts: impl std::hash::Hash) -> u64 {
+    use std::hash::Hasher;
+    let mut hasher = std::hash::DefaultHasher::new();
+    parts.hash(&mut hasher);
+    hasher.finish()
 }
 
 /// The changes of one kind, as one controller receives them from the shared cache.
@@ -329,6 +400,13 @@ fn managed() -> watcher::Config {
 
 /// The longest a service's pass waits after the previous one.
 const MAX_COOLDOWN: Duration = Duration::from_secs(5);
+/// The shortest wait after a pass that wrote nothing. While instances start, their
+/// Deployments change many times a second across the fleet, and each pass reads every comune's
+/// instance: a second's changes are read in one pass.
+const MIN_COOLDOWN: Duration = Duration::from_secs(1);
+/// The wait after a pass that created or changed instances: what changed meanwhile (e.g.
+/// comuni that became Ready) is taken in the next pass, soon.
+const WROTE_COOLDOWN: Duration = Duration::from_millis(250);
 
 /// How often a service's status may be written when only its counts changed.
 const COUNTS_REFRESH: Duration = Duration::from_secs(5);
@@ -416,6 +494,36 @@ where
     })
 }
 
+/// Starts the cache of the comuni's quotas. Each change sets the comune's quota metrics. A change
+/// of a quota's usage alone (its status) is left to `Senders::usage_changed`; any other change
+/// goes to its comune at once.
+fn watch_quotas(
+    client: &Client,
+    senders: &Senders,
+    metrics: Arc<Metrics>,
+    comuni: Store<DeserializeGuard<Municipality>>,
+) -> Store<Cached<ResourceQuota>> {
+    let senders = senders.clone();
+    let written = Fingerprints::new(comuni.clone());
+    watch(client, managed(), move |quota: &Cached<ResourceQuota>| {
+        let Some(comune) = quota.label(MUNICIPALITY_LABEL) else {
+            return;
+        };
+        // Not for a comune that is gone: its metrics are gone too.
+        let live = comuni
+            .get(&ObjectRef::new(comune))
+            .is_some_and(|m| m.meta().deletion_timestamp.is_none());
+        if live {
+            municipality::record_quota(&metrics, comune, &municipality::usage_of(quota));
+        }
+        if written.changed(comune, quota.without_status()) {
+            senders.notify(None, Some(comune));
+        } else {
+            senders.usage_changed(comune);
+        }
+    })
+}
+
 /// Starts a cache of every namespace's `default` ServiceAccount; its creation in a comune's
 /// namespace goes to the comune's Municipality, which waits for it (see `municipality`).
 fn watch_service_accounts(
@@ -444,16 +552,24 @@ impl Context {
         let (municipalities, municipalities_rx) = mpsc::unbounded();
         let (services, services_rx) = mpsc::unbounded();
         let changes = Arc::new(Changes::default());
+        let statuses = Arc::new(statuses::Statuses::default());
         let senders = Senders {
             municipalities: municipalities.clone(),
             services,
             changes: changes.clone(),
+            statuses: statuses.clone(),
+            waking: Arc::default(),
         };
         let (municipality_store, [municipality_events, comuni_events]) = watch_shared(&client);
         let (service_store, [service_events]) = watch_shared(&client);
         let stores = Stores {
             namespaces: watch_managed(&client, &senders),
-            quotas: watch_managed(&client, &senders),
+            quotas: watch_quotas(
+                &client,
+                &senders,
+                metrics.clone(),
+                municipality_store.clone(),
+            ),
             limit_ranges: watch_managed(&client, &senders),
             network_policies: watch_managed(&client, &senders),
             role_bindings: watch_managed(&client, &senders),
@@ -482,7 +598,7 @@ impl Context {
             passes: Mutex::default(),
             service_status_written: Mutex::default(),
             changes,
-            statuses: statuses::Statuses::default(),
+            statuses,
             wake: municipalities,
             deployment_states: Default::default(),
             created: Default::default(),
@@ -508,9 +624,9 @@ impl Context {
         Duration::from_secs(1u64 << (*n - 1).min(8)).min(Duration::from_secs(300))
     }
 
-    /// How long a service's next pass should wait, counted from when the last one ended: not
-    /// at all if that one created or changed instances (more may be waiting), else as long as
-    /// it took, at most 5 s.
+    /// How long a service's next pass should wait, counted from when the last one ended: a
+    /// moment if that one created or changed instances (more may be waiting), else as long as
+    /// it took, at least 1 s and at most 5 s.
     fn pass_cooldown(&self, service: &str) -> Option<Duration> {
         let passes = self.passes.lock().ok()?;
         let pass = passes.get(service)?;
@@ -552,8 +668,8 @@ impl Context {
         let pass = Pass {
             ended: now,
             cooldown: match went {
-                Went::Wrote => Duration::ZERO,
-                Went::Through | Went::Partly => took.min(MAX_COOLDOWN),
+                Went::Wrote => WROTE_COOLDOWN,
+                Went::Through | Went::Partly => took.clamp(MIN_COOLDOWN, MAX_COOLDOWN),
             },
             seen,
             generation: s.meta().generation,

@@ -4,7 +4,7 @@
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use consorzio_api::{DeletionPolicy, Municipality, MunicipalityStatus, QuotaUsage};
-use futures::{Stream, StreamExt, future::try_join_all};
+use futures::{Stream, StreamExt, future, future::try_join_all};
 use k8s_openapi::api::core::v1::{Namespace, ResourceQuota};
 use kube::{
     Api, Resource, ResourceExt,
@@ -19,15 +19,16 @@ use kube::{
 use serde_json::json;
 
 use super::{
-    Context, Error, Events,
+    Cached, Context, Error, Events, Fingerprints,
     apply::{Applied, CREATION_LAG, FIELD_MANAGER, apply_if_changed, apply_unless_unseen, delete},
+    fingerprint,
     object::{publish, set_finalizer},
     reconcile_guarded, retry_policy,
     service::SERVICE_MANAGER_PREFIX,
     status::{condition, is_ready, ready_reason},
 };
 use crate::{
-    metrics::{ControllerName, QUOTA_RESOURCES},
+    metrics::{ControllerName, Metrics, QUOTA_RESOURCES},
     quantity,
     render::{
         MANAGED_BY, MUNICIPALITY_LABEL, ORPHANED_LABEL, Rendered,
@@ -50,6 +51,11 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let triggers = triggers.map(|r: ObjectRef<Municipality>| ObjectRef::new(&r.name));
+    // Most changes of a comune are its status, which this controller writes: they need no
+    // reconcile.
+    let seen = Fingerprints::new(ctx.stores.municipalities.clone());
+    let events =
+        events.filter(move |m| future::ready(seen.changed(&m.name_any(), what_is_read(m))));
     Controller::for_shared_stream(events, ctx.stores.municipalities.clone())
         .with_config(controller::Config::default().concurrency(ctx.config.concurrency))
         .reconcile_on(triggers)
@@ -57,6 +63,23 @@ pub async fn run(
         .run(reconcile, error_policy, ctx)
         .for_each(super::log_outcome)
         .await;
+}
+
+/// A fingerprint of what a reconcile reads of a comune, besides the status it writes: its spec
+/// (the generation), labels, annotations, finalizers and deletion. Of an object these types
+/// cannot read, every change.
+fn what_is_read(m: &DeserializeGuard<Municipality>) -> u64 {
+    let meta = m.meta();
+    match &m.0 {
+        Ok(_) => fingerprint((
+            &meta.generation,
+            &meta.labels,
+            &meta.annotations,
+            &meta.finalizers,
+            meta.deletion_timestamp.is_some(),
+        )),
+        Err(_) => fingerprint(&meta.resource_version),
+    }
 }
 
 async fn reconcile(
@@ -258,13 +281,7 @@ async fn write_status(
     let name = m.name_any();
     let current = ctx.statuses.current(m);
     let quota = quota_usage(ctx, ns_name);
-    for resource in QUOTA_RESOURCES {
-        if let Some(q) = quota.get(resource) {
-            let (hard, used) = (quantity::parse(&q.hard.0), quantity::parse(&q.used.0));
-            ctx.metrics
-                .set_quota(&name, resource, hard.unwrap_or(0.0), used.unwrap_or(0.0));
-        }
-    }
+    record_quota(&ctx.metrics, &name, &quota);
     ctx.metrics.set_ready(&name, ready);
 
     if reason == "NamespaceConflict" && ready_reason(&current.conditions) != Some(reason) {
@@ -378,18 +395,24 @@ async fn release_older_managers(
     Ok(version)
 }
 
-/// Hard and used quota, from the ResourceQuota's status as the quota controller reports it.
+/// Hard and used quota of the comune's namespace.
 fn quota_usage(ctx: &Context, ns: &str) -> BTreeMap<String, QuotaUsage> {
     let key = ObjectRef::new("consorzio-quota").within(ns);
-    let Some(quota) = ctx.stores.quotas.get(&key) else {
-        return BTreeMap::new();
-    };
+    ctx.stores
+        .quotas
+        .get(&key)
+        .map(|quota| usage_of(&quota))
+        .unwrap_or_default()
+}
+
+/// Hard and used quota, from the ResourceQuota's status as the quota controller reports it.
+pub(super) fn usage_of(quota: &Cached<ResourceQuota>) -> BTreeMap<String, QuotaUsage> {
     let Some(status) = quota.read::<ResourceQuota>().and_then(|q| q.status) else {
         return BTreeMap::new();
     };
     let (hard, used) = (
-        status.hard.clone().unwrap_or_default(),
-        status.used.clone().unwrap_or_default(),
+        status.hard.unwrap_or_default(),
+        status.used.unwrap_or_default(),
     );
     hard.into_iter()
         .map(|(resource, hard)| {
@@ -397,6 +420,16 @@ fn quota_usage(ctx: &Context, ns: &str) -> BTreeMap<String, QuotaUsage> {
             (resource, QuotaUsage { hard, used })
         })
         .collect()
+}
+
+/// Sets the comune's quota metrics.
+pub(super) fn record_quota(metrics: &Metrics, comune: &str, quota: &BTreeMap<String, QuotaUsage>) {
+    for resource in QUOTA_RESOURCES {
+        if let Some(q) = quota.get(resource) {
+            let (hard, used) = (quantity::parse(&q.hard.0), quantity::parse(&q.used.0));
+            metrics.set_quota(comune, resource, hard.unwrap_or(0.0), used.unwrap_or(0.0));
+        }
+    }
 }
 
 /// The Municipality is being deleted: keep its namespace (Retain) or delete it (Delete), then

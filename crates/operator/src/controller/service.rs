@@ -40,8 +40,9 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{
-    Cached, Context, Error, Events, Scope,
+    Cached, Context, Error, Events, Fingerprints, Scope,
     apply::{apply_if_changed, delete},
+    fingerprint,
     object::{publish, set_finalizer},
     reconcile_guarded, retry_policy,
     status::{self, condition},
@@ -81,23 +82,15 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let services = ctx.stores.shared_services.clone();
-    let comuni_store = ctx.stores.municipalities.clone();
     let changes = ctx.changes.clone();
-    let seen = std::sync::Mutex::new(std::collections::HashMap::<String, u64>::new());
+    let seen = Fingerprints::new(ctx.stores.municipalities.clone());
     // A change of a comune that services read (its spec, labels, readiness; joining a union,
     // becoming Ready) may change who gets what. Its status's other changes (quota usage, the
     // services' entries: most of its changes) do not.
     let every_service = move |m: Arc<DeserializeGuard<Municipality>>| {
         let name = m.name_any();
-        if let Ok(mut seen) = seen.lock() {
-            let read = what_services_read(&m);
-            if seen.insert(name.clone(), read) == Some(read) {
-                return vec![];
-            }
-            // Deletions are not sent here: forget deleted comuni now and then.
-            if seen.len() > 2 * comuni_store.len() + 64 {
-                seen.retain(|c, _| comuni_store.get(&ObjectRef::new(c)).is_some());
-            }
+        if !seen.changed(&name, what_services_read(&m)) {
+            return vec![];
         }
         changes.touch(&name);
         services
@@ -122,7 +115,8 @@ async fn reconcile(
 ) -> Result<Action, Error> {
     // A pass looks at every comune the service serves, and every change of an instance asks
     // for one: after a pass that created or changed no instance, wait as long as it took (at
-    // most 5 s) before the next. Changes that arrive meanwhile are merged into that next pass.
+    // least 1 s, at most 5 s) before the next, after one that did a moment. Changes that arrive
+    // meanwhile are merged into that next pass.
     let name = guard.name_any();
     if let Some(wait) = ctx.pass_cooldown(&name) {
         tokio::time::sleep(wait).await;
@@ -163,17 +157,13 @@ impl Went {
 /// A fingerprint of what the services read of a comune: its spec (the generation), labels,
 /// readiness and deletion.
 fn what_services_read(m: &DeserializeGuard<Municipality>) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::hash::DefaultHasher::new();
     let meta = m.meta();
-    (
+    fingerprint((
         &meta.generation,
         &meta.labels,
         meta.deletion_timestamp.is_some(),
-    )
-        .hash(&mut hasher);
-    m.0.as_ref().is_ok_and(is_ready).hash(&mut hasher);
-    hasher.finish()
+        m.0.as_ref().is_ok_and(is_ready),
+    ))
 }
 
 fn error_policy(

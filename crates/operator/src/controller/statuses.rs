@@ -9,7 +9,9 @@
 //! - while an entry is on its way (Pending, Updating), or a service that selects the comune has
 //!   not reported yet, the entries reported wait, at most `PROGRESS_HOLD` from the first of
 //!   them: most instances arrive sooner, and are then written once, as Ready, together;
-//! - a change of the quota usage alone is written at most every `USAGE_REFRESH`.
+//! - a change of the quota usage alone is written once the usage has been still for
+//!   `USAGE_SETTLE`, at most `USAGE_LIMIT` after its first change not written (instances that
+//!   start change it a dozen times; the `consorzio_municipality_quota` metric follows each).
 
 use std::{
     collections::HashMap,
@@ -23,11 +25,14 @@ use kube::ResourceExt;
 use super::left;
 
 /// How long the entries reported may wait for the others: most instances are Ready sooner, and
-/// then the comune's status is written once instead of two or three times.
-const PROGRESS_HOLD: Duration = Duration::from_secs(30);
+/// then the comune's status is written once instead of several times. (In a cold start of 1,000
+/// comuni, instances take a minute or two from their first report to Ready.)
+const PROGRESS_HOLD: Duration = Duration::from_secs(120);
 
-/// How often a comune's status may be written when only its quota changed.
-const USAGE_REFRESH: Duration = Duration::from_secs(30);
+/// How long the quota usage must be still before a change of it alone is written...
+const USAGE_SETTLE: Duration = Duration::from_secs(30);
+/// ...and how late such a change may be written at most.
+const USAGE_LIMIT: Duration = Duration::from_secs(5 * 60);
 
 /// How long the cache may take to show a status write; until it does, the status written is
 /// the comune's status.
@@ -48,6 +53,8 @@ struct Comune {
     unseen: Option<Box<(String, MunicipalityStatus)>>,
     /// When it first waited for its namespace to be ready for pods.
     waiting: Option<Instant>,
+    /// When its quota usage first changed since its status was last written, and when last.
+    usage: Option<(Instant, Instant)>,
 }
 
 #[derive(Debug)]
@@ -174,10 +181,22 @@ impl Statuses {
         })
     }
 
+    /// Records that the comune's quota usage changed, and nothing else of its quota.
+    pub fn usage_changed(&self, comune: &str) {
+        self.with(comune, |c| {
+            let now = Instant::now();
+            c.usage = Some((c.usage.map_or(now, |(first, _)| first), now));
+        });
+    }
+
     /// When the comune's status may be written if only its quota usage changed: `None` now,
-    /// `Some(wait)` after `wait`.
+    /// `Some(wait)` after `wait`. A change of which the quota's watch told nothing (at start)
+    /// is written at once.
     pub fn usage_write_wait(&self, comune: &str) -> Option<Duration> {
-        self.with(comune, |c| left(USAGE_REFRESH, c.written?))
+        self.with(comune, |c| {
+            let (first, last) = c.usage?;
+            Some(left(USAGE_SETTLE, last)?.min(left(USAGE_LIMIT, first)?))
+        })
     }
 
     /// Records that the comune's status says `status`: as written now, the write making
@@ -188,6 +207,7 @@ impl Statuses {
             c.reports
                 .retain(|r| listed(&status.services, &r.service) != r.entry.as_ref());
             if let Some(version) = version {
+                c.usage = None;
                 c.written = Some(Instant::now());
                 c.unseen = Some(Box::new((version, status.clone())));
             }
@@ -306,7 +326,6 @@ mod tests {
         assert_eq!(statuses.current(&stale), written);
         assert!(!statuses.report(&stale, "gis", Some(entry("gis", "Ready"))));
         assert_eq!(statuses.services("lugano", &[], &[]).0, []);
-        assert!(statuses.usage_write_wait("lugano").is_some());
         // Once the cache has the version written, it is the status again.
         let fresh = comune("2", vec![]);
         assert_eq!(
@@ -314,5 +333,25 @@ mod tests {
             fresh.status.clone().unwrap_or_default()
         );
         assert!(statuses.report(&fresh, "gis", Some(entry("gis", "Ready"))));
+    }
+
+    #[test]
+    fn a_change_of_the_usage_alone_waits_until_the_usage_is_still() {
+        let statuses = Statuses::default();
+        // Nothing said when the usage changed (e.g. at start): written at once.
+        assert_eq!(statuses.usage_write_wait("lugano"), None);
+        statuses.usage_changed("lugano");
+        let settles = |wait: Option<Duration>| {
+            wait.is_some_and(|w| w > USAGE_SETTLE - Duration::from_secs(1) && w <= USAGE_SETTLE)
+        };
+        assert!(settles(statuses.usage_write_wait("lugano")));
+        // Another change starts the wait again.
+        std::thread::sleep(Duration::from_millis(50));
+        let before = statuses.usage_write_wait("lugano");
+        statuses.usage_changed("lugano");
+        assert!(statuses.usage_write_wait("lugano") > before);
+        // A write carries it.
+        statuses.settled("lugano", &MunicipalityStatus::default(), Some("2".into()));
+        assert_eq!(statuses.usage_write_wait("lugano"), None);
     }
 }
