@@ -6,9 +6,10 @@
 //! the services' entries (`status.services`). Each service hands over its entry here and wakes
 //! that controller. Writes of the entries and the quota wait, within bounds, so that one write
 //! carries several changes:
-//! - while an entry is on its way (Pending, Updating), or a service that selects the comune has
-//!   not reported yet, the entries reported wait, at most `PROGRESS_HOLD` from the first of
-//!   them: most instances arrive sooner, and are then written once, as Ready, together;
+//! - while an entry is on its way (Pending, Updating; reported or already listed), or a service
+//!   that selects the comune has not reported yet, the entries reported wait, at most
+//!   `PROGRESS_HOLD` from the first of them: most instances arrive sooner, and are then written
+//!   once, as Ready, together;
 //! - a change of the quota usage alone is written once the usage has been still for
 //!   `USAGE_SETTLE`, at most `USAGE_LIMIT` after its first change not written (instances that
 //!   start change it a dozen times; the `consorzio_municipality_quota` metric follows each).
@@ -66,8 +67,8 @@ struct Report {
     since: Instant,
 }
 
-fn on_way(entry: Option<&ServiceInstanceStatus>) -> bool {
-    entry.is_some_and(|e| matches!(e.phase.as_str(), "Pending" | "Updating"))
+fn on_way(entry: &ServiceInstanceStatus) -> bool {
+    matches!(entry.phase.as_str(), "Pending" | "Updating")
 }
 
 fn listed<'a>(
@@ -155,12 +156,10 @@ impl Statuses {
         self.with(comune, |c| {
             let mut services = current.to_vec();
             let mut first: Option<Instant> = None;
-            let mut on_its_way = false;
             for r in &c.reports {
                 let at = services.iter().position(|e| *e.name == *r.service);
                 if r.entry.as_ref() != at.map(|i| &services[i]) {
                     first = Some(first.map_or(r.since, |f| f.min(r.since)));
-                    on_its_way |= on_way(r.entry.as_ref());
                 }
                 match (at, &r.entry) {
                     (Some(i), Some(e)) => services[i] = e.clone(),
@@ -174,6 +173,7 @@ impl Statuses {
             let unreported = expected
                 .iter()
                 .any(|name| listed(&services, name).is_none());
+            let on_its_way = services.iter().any(on_way);
             let hold = first
                 .filter(|_| on_its_way || unreported)
                 .and_then(|first| left(PROGRESS_HOLD, first));
@@ -302,11 +302,14 @@ mod tests {
         ];
         assert_eq!(services, ready);
         assert_eq!(hold, None);
-        // An entry on its way that the status already lists holds nothing.
+        // An entry on its way that the status already lists holds the others too (in a cold
+        // start of 1,000 comuni, each instance's arrival was otherwise a write of its own).
         let updating = comune("2", vec![entry("cms", "Updating")]);
         let other = Statuses::default();
         assert!(other.report(&updating, "gis", Some(entry("gis", "Ready"))));
         let listed = [entry("cms", "Updating")];
+        assert!(waits(other.services("lugano", &listed, &expected[..2]).1));
+        assert!(other.report(&updating, "cms", Some(entry("cms", "Ready"))));
         assert_eq!(other.services("lugano", &listed, &expected[..2]).1, None);
     }
 
