@@ -281,6 +281,13 @@ async fn drift_is_repaired_within_seconds() {
             Ok(())
         })
         .await?;
+        // The quota alone: changes of its usage wait for the comune's next status write, its
+        // deletion does not.
+        quotas.delete("consorzio-quota", &DeleteParams::default()).await?;
+        wait_for("the deleted quota to be back", patience, || async {
+            quotas.get_opt("consorzio-quota").await?.context("still missing")
+        })
+        .await?;
 
         remove(&env, &name).await?;
         op.stop().await;

@@ -144,19 +144,18 @@ impl<K: Resource + Serialize> Cached<K> {
         serde_json::from_slice(&self.json()?).ok()
     }
 
-    /// A fingerprint of the object without its status: it changes when the object is written,
-    /// not when its controller reports on it.
-    pub fn without_status(&self) -> u64 {
+    /// Fingerprints of the object without its status (it changes when the object is written,
+    /// not when its controller reports on it), and of all of it.
+    pub fn fingerprints(&self) -> (u64, u64) {
         let mut rest = self.read::<Value>().unwrap_or_default();
         if let Some(rest) = rest.as_object_mut() {
             rest.remove("status");
         }
-        super::fingerprint((
-            &self.labels,
-            &self.annotations,
-            self.deleting,
-            rest.to_string(),
-        ))
+        let meta = (&self.labels, &self.annotations, self.deleting);
+        (
+            super::fingerprint((meta, rest.to_string())),
+            super::fingerprint((meta, &self.rest)),
+        )
     }
 
     fn json(&self) -> Option<Vec<u8>> {

@@ -496,7 +496,7 @@ where
 
 /// Starts the cache of the comuni's quotas. Each change sets the comune's quota metrics. A change
 /// of a quota's usage alone (its status) is left to `Senders::usage_changed`; any other change
-/// goes to its comune at once.
+/// goes to its comune at once, and so does a deletion (the same object again).
 fn watch_quotas(
     client: &Client,
     senders: &Senders,
@@ -504,7 +504,10 @@ fn watch_quotas(
     comuni: Store<DeserializeGuard<Municipality>>,
 ) -> Store<Cached<ResourceQuota>> {
     let senders = senders.clone();
-    let written = Fingerprints::new(comuni.clone());
+    let (written, whole) = (
+        Fingerprints::new(comuni.clone()),
+        Fingerprints::new(comuni.clone()),
+    );
     watch(client, managed(), move |quota: &Cached<ResourceQuota>| {
         let Some(comune) = quota.label(MUNICIPALITY_LABEL) else {
             return;
@@ -516,10 +519,12 @@ fn watch_quotas(
         if live {
             municipality::record_quota(&metrics, comune, &municipality::usage_of(quota));
         }
-        if written.changed(comune, quota.without_status()) {
-            senders.notify(None, Some(comune));
-        } else {
+        let (ours, all) = quota.fingerprints();
+        let (rewritten, changed) = (written.changed(comune, ours), whole.changed(comune, all));
+        if changed && !rewritten {
             senders.usage_changed(comune);
+        } else {
+            senders.notify(None, Some(comune));
         }
     })
 }
