@@ -198,8 +198,8 @@ fn main() -> anyhow::Result<()> {
         Command::Run(args) => {
             telemetry::init(args.log_format);
             // One thread: the work waits on the API server far more than it computes (in a cold
-            // start of 1,000 comuni, `perf` put a tenth of the operator's CPU, on two worker
-            // threads, in the kernel switching between them and other tasks).
+            // start of 1,000 comuni on two worker threads, `perf` put a tenth of the operator's
+            // CPU in the kernel's context switches).
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?
