@@ -121,13 +121,6 @@ impl Created {
         )
     }
 
-    fn fingerprint(want: &Value) -> u64 {
-        use std::hash::{Hash, Hasher};
-        let mut hasher = std::hash::DefaultHasher::new();
-        want.to_string().hash(&mut hasher);
-        hasher.finish()
-    }
-
     fn is_recent(&self, key: &str, fingerprint: u64) -> bool {
         self.0.lock().is_ok_and(|created| {
             created
@@ -165,7 +158,7 @@ pub async fn apply_unless_unseen(
     }
     let (key, fingerprint) = (
         Created::key(desired),
-        Created::fingerprint(&serde_json::to_value(&desired.object)?),
+        super::fingerprint(serde_json::to_string(&desired.object)?),
     );
     if created.is_recent(&key, fingerprint) {
         return Ok(Applied::Unseen);

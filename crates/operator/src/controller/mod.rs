@@ -221,12 +221,12 @@ impl Senders {
 
 /// The last fingerprint seen of each comune, or of one of its objects: a subscriber of their
 /// changes acts only on those that change what it reads.
-struct Fingerprints {
-    seen: Mutex<HashMap<String, u64>>,
+struct Fingerprints<T = u64> {
+    seen: Mutex<HashMap<String, T>>,
     comuni: Store<DeserializeGuard<Municipality>>,
 }
 
-impl Fingerprints {
+impl<T: PartialEq> Fingerprints<T> {
     /// Fingerprints of the comuni in `comuni` (by name).
     fn new(comuni: Store<DeserializeGuard<Municipality>>) -> Self {
         Self {
@@ -235,20 +235,25 @@ impl Fingerprints {
         }
     }
 
+    /// Records `fingerprint` for `comune`; returns the one before it (none the first time).
+    fn replace(&self, comune: &str, fingerprint: T) -> Option<T> {
+        let Ok(mut seen) = self.seen.lock() else {
+            return None;
+        };
+        let last = seen.insert(comune.to_string(), fingerprint);
+        // Deletions are not reported here: forget deleted comuni now and then.
+        if last.is_none() && seen.len() > 2 * self.comuni.len() + 64 {
+            seen.retain(|c, _| self.comuni.get(&ObjectRef::new(c)).is_some());
+        }
+        last
+    }
+}
+
+impl Fingerprints {
     /// Records `fingerprint` for `comune`; says whether it differs from the last one (or is the
     /// first).
     fn changed(&self, comune: &str, fingerprint: u64) -> bool {
-        let Ok(mut seen) = self.seen.lock() else {
-            return true;
-        };
-        if seen.insert(comune.to_string(), fingerprint) == Some(fingerprint) {
-            return false;
-        }
-        // Deletions are not reported here: forget deleted comuni now and then.
-        if seen.len() > 2 * self.comuni.len() + 64 {
-            seen.retain(|c, _| self.comuni.get(&ObjectRef::new(c)).is_some());
-        }
-        true
+        self.replace(comune, fingerprint) != Some(fingerprint)
     }
 }
 
@@ -504,10 +509,7 @@ fn watch_quotas(
     comuni: Store<DeserializeGuard<Municipality>>,
 ) -> Store<Cached<ResourceQuota>> {
     let senders = senders.clone();
-    let (written, whole) = (
-        Fingerprints::new(comuni.clone()),
-        Fingerprints::new(comuni.clone()),
-    );
+    let seen = Fingerprints::new(comuni.clone());
     watch(client, managed(), move |quota: &Cached<ResourceQuota>| {
         let Some(comune) = quota.label(MUNICIPALITY_LABEL) else {
             return;
@@ -520,11 +522,11 @@ fn watch_quotas(
             municipality::record_quota(&metrics, comune, &municipality::usage_of(quota));
         }
         let (ours, all) = quota.fingerprints();
-        let (rewritten, changed) = (written.changed(comune, ours), whole.changed(comune, all));
-        if changed && !rewritten {
-            senders.usage_changed(comune);
-        } else {
-            senders.notify(None, Some(comune));
+        match seen.replace(comune, (ours, all)) {
+            Some((last_ours, last_all)) if last_ours == ours && last_all != all => {
+                senders.usage_changed(comune)
+            }
+            _ => senders.notify(None, Some(comune)),
         }
     })
 }
