@@ -216,8 +216,16 @@ EOF
   mv "$dir/kubeconfig.tmp" "$dir/kubeconfig"
 }
 
-# The default StorageClass, whose volumes kwok provisions (see kwok.yaml).
+# The default StorageClass, whose volumes kwok provisions (see kwok.yaml). A claim is bound once
+# a pod that uses it is scheduled (WaitForFirstConsumer, as with most clouds' disks): the scheduler
+# picks the node and waits for the volume, instead of retrying every waiting pod at each volume
+# event. The binding mode cannot change, so a class from an older cluster is replaced.
 register_storage_class() {
+  local mode
+  mode=$("$kubectl" get storageclass kwok-volume -o 'jsonpath={.volumeBindingMode}' 2>/dev/null || true)
+  if [[ -n "$mode" && "$mode" != WaitForFirstConsumer ]]; then
+    "$kubectl" delete storageclass kwok-volume >/dev/null
+  fi
   "$kubectl" apply -f - >/dev/null <<EOF
 apiVersion: storage.k8s.io/v1
 kind: StorageClass
@@ -227,7 +235,7 @@ metadata:
     storageclass.kubernetes.io/is-default-class: "true"
 provisioner: kwok.x-k8s.io/volume
 reclaimPolicy: Delete
-volumeBindingMode: Immediate
+volumeBindingMode: WaitForFirstConsumer
 EOF
 }
 

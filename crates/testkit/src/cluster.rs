@@ -64,6 +64,33 @@ impl Cluster {
         Ok(out)
     }
 
+    /// Stops the control plane and starts it again on the same state and API server port
+    /// (`tests/cluster/down`, then `up`), so that what comes next runs on processes that hold
+    /// nothing of what came before: the API server's watch caches keep the events of the last
+    /// minutes of changes, hundreds of MiB after a large fleet, until it restarts. Clients
+    /// connect again on their next request.
+    pub fn restart(&self) -> anyhow::Result<()> {
+        let port = std::fs::read_to_string(self.dir.join("apiserver-port")).context(
+            "reading the API server's port (was the cluster started by tests/cluster/up?)",
+        )?;
+        for script in ["down", "up"] {
+            let path = repo_root().join("tests/cluster").join(script);
+            let out = Command::new(&path)
+                .env("CONSORZIO_CLUSTER_DIR", &self.dir)
+                .env("CONSORZIO_APISERVER_PORT", port.trim())
+                .output()
+                .with_context(|| format!("running {}", path.display()))?;
+            anyhow::ensure!(
+                out.status.success(),
+                "{} failed while restarting the control plane:\n{}\nsee {}/logs/",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr),
+                self.dir.display()
+            );
+        }
+        Ok(())
+    }
+
     /// The admin client configuration.
     pub async fn config(&self) -> anyhow::Result<Config> {
         let kubeconfig = Kubeconfig::read_from(self.kubeconfig())

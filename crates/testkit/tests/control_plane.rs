@@ -266,8 +266,10 @@ fn unique_names_are_dns_labels_and_differ() {
     );
 }
 
+/// The default StorageClass binds a claim once a pod that uses it is scheduled
+/// (WaitForFirstConsumer): kwok provisions the volume on the scheduler's pick of node.
 #[tokio::test]
-async fn volume_claim_of_the_default_storage_class_is_bound() {
+async fn volume_claim_of_the_default_storage_class_is_bound_for_its_first_pod() {
     run(|env: Env| async move {
         let ns = env.namespace("pvc").await?;
         let claims: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> = env.api(&ns);
@@ -280,9 +282,31 @@ async fn volume_claim_of_the_default_storage_class_is_bound() {
                 })),
             )
             .await?;
-        wait_for("the claim to be Bound", TIMEOUT, || async {
-            let phase = claims.get("data").await?.status.and_then(|s| s.phase).unwrap_or_default();
-            ensure!(phase == "Bound", "phase {phase:?}");
+        let phase = || async {
+            let claim = claims.get("data").await?;
+            anyhow::Ok(claim.status.and_then(|s| s.phase).unwrap_or_default())
+        };
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let before = phase().await?;
+        ensure!(before == "Pending", "a claim without a pod is {before:?}, not Pending");
+        let pods: Api<Pod> = env.api(&ns);
+        pods.create(
+            &PostParams::default(),
+            &from_json(json!({
+                "metadata": {"name": "app"},
+                "spec": {
+                    "tolerations": [{"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}],
+                    "containers": [{"name": "app", "image": "nginx:1.27"}],
+                    "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "data"}}]
+                }
+            })),
+        )
+        .await?;
+        wait_for("the claim to be Bound and its pod Running", TIMEOUT, || async {
+            let now = phase().await?;
+            ensure!(now == "Bound", "claim {now:?}");
+            let pod = pods.get("app").await?.status.and_then(|s| s.phase).unwrap_or_default();
+            ensure!(pod == "Running", "pod {pod:?}");
             Ok(())
         })
         .await
