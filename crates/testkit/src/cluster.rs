@@ -67,7 +67,7 @@ impl Cluster {
     /// Stops the control plane and starts it again on the same state and API server port
     /// (`tests/cluster/down`, then `up`), so that what comes next runs on processes that hold
     /// nothing of what came before: the API server's watch caches keep the events of the last
-    /// minutes of changes, hundreds of MiB after a large fleet, until it restarts. Clients
+    /// minutes of changes, hundreds of MB after a large fleet, until it restarts. Clients
     /// connect again on their next request.
     pub fn restart(&self) -> anyhow::Result<()> {
         let port = std::fs::read_to_string(self.dir.join("apiserver-port")).context(
