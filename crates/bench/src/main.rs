@@ -3,11 +3,19 @@
 //! The operator runs as its own process (the release build), so its memory is its own.
 
 mod comuni;
+mod direct;
 mod fleet;
 mod join;
+mod preflight;
+mod ready;
 mod report;
+mod timeline;
+mod waits;
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::HashSet,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
@@ -31,7 +39,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Time from applying a Municipality to Ready=True, one comune at a time.
+    /// Time from applying a Municipality to the watch event that shows it Ready=True, one
+    /// comune at a time.
     Onboarding {
         /// How many comuni to onboard.
         #[arg(long, default_value_t = 50)]
@@ -49,6 +58,10 @@ enum Command {
         /// Fleet sizes at which a comune joins, in increasing order.
         #[arg(long, value_delimiter = ',', default_value = "10,100,1000")]
         sizes: Vec<usize>,
+        /// How many writes a join at the largest size may differ by from one at the smallest
+        /// before the run fails (see `join::TOLERANCE` for why that many).
+        #[arg(long, default_value_t = join::TOLERANCE)]
+        tolerance: u64,
     },
     /// Italy's comuni (the first N of the fixture) served by two Dedicated services and a
     /// Shared one: cold start, the physical limit, steady onboarding, no-op resync, and one
@@ -61,9 +74,21 @@ enum Command {
         /// Comuni onboarded one at a time into the converged fleet.
         #[arg(long, default_value_t = 50)]
         onboard: usize,
-        /// Requests in flight, for the benchmark's client and the operator alike.
+        /// The operator's `--concurrency` (per controller), and the requests in flight of the
+        /// benchmark's own client when it applies the fleet's Municipalities.
         #[arg(long, default_value_t = 16)]
         concurrency: usize,
+        /// Requests in flight at which the physical limit is measured, each on a control plane
+        /// started afresh; the fastest is the limit. The operator's `--concurrency 16` is per
+        /// controller (the Municipality reconciles, and each service's pass), so it may have
+        /// about 64 requests in flight. Fewer values make a run shorter.
+        #[arg(long, value_delimiter = ',', default_value = "16,32,64")]
+        direct_concurrency: Vec<usize>,
+        /// Seconds without any operator write before the no-op resync's writes are counted:
+        /// longer than the longest the operator defers a write on a converged fleet (see
+        /// `fleet::RESYNC_QUIET`).
+        #[arg(long, default_value_t = fleet::RESYNC_QUIET)]
+        resync_quiet: u32,
         /// The Markdown file that gets the figures (between its generated-section markers).
         #[arg(long)]
         report: Option<std::path::PathBuf>,
@@ -93,6 +118,13 @@ fn municipality(name: &str) -> serde_json::Value {
     })
 }
 
+/// Seconds without any operator write after which a fleet whose every comune is Ready and
+/// served has its deferred writes done, so that they are counted: longer than the operator
+/// holds a change of a comune's quota usage alone (`USAGE_SETTLE`, 30 s, in
+/// crates/operator/src/controller). Its entries are no longer held once every instance is
+/// Ready (`PROGRESS_HOLD` holds them only while one is on its way).
+pub(crate) const SETTLE_QUIET: u32 = 35;
+
 pub(crate) fn is_ready(m: &Municipality) -> bool {
     m.status.as_ref().is_some_and(|s| {
         s.conditions
@@ -110,19 +142,6 @@ pub(crate) async fn apply(api: &Api<Municipality>, name: &str) -> anyhow::Result
     )
     .await?;
     Ok(())
-}
-
-async fn wait_ready(api: &Api<Municipality>, name: &str, timeout: Duration) -> anyhow::Result<()> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if api.get_opt(name).await?.is_some_and(|m| is_ready(&m)) {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("{name} not Ready after {timeout:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 /// Applies a service of the example catalogue (`from`), renamed `name` and labelled as a
@@ -201,18 +220,27 @@ fn ms(d: Duration) -> String {
     format!("{:.0} ms", d.as_secs_f64() * 1000.0)
 }
 
+fn onboarding_names(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("bench-onboard-{i}")).collect()
+}
+
 async fn onboarding(client: Client, n: usize) -> anyhow::Result<()> {
     let api = Api::<Municipality>::all(client);
+    let names = onboarding_names(n);
+    let mut ready =
+        ready::ReadyTimes::start(api.clone(), names.iter().cloned().collect::<HashSet<_>>())
+            .await?;
     let mut latencies = vec![];
-    for i in 0..n {
-        let name = format!("bench-onboard-{i}");
-        let start = Instant::now();
-        apply(&api, &name).await?;
-        wait_ready(&api, &name, Duration::from_secs(60)).await?;
-        latencies.push(start.elapsed());
+    for name in &names {
+        let applied = Instant::now();
+        apply(&api, name).await?;
+        let at = ready.wait(name, Duration::from_secs(60)).await?;
+        latencies.push(at.saturating_duration_since(applied));
     }
     latencies.sort();
-    println!("onboarding latency, apply -> Ready=True, {n} comuni one at a time:");
+    println!(
+        "onboarding latency, apply -> Ready=True (the watch event), {n} comuni one at a time:"
+    );
     println!(
         "  median {}  p95 {}  p99 {}  max {}",
         ms(percentile(&latencies, 0.5)),
@@ -223,13 +251,17 @@ async fn onboarding(client: Client, n: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn memory_names(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("bench-fleet-{i}")).collect()
+}
+
 async fn memory(client: Client, operator: &OperatorProcess, n: usize) -> anyhow::Result<()> {
     let api = Api::<Municipality>::all(client);
     let start = Instant::now();
-    stream::iter(0..n)
-        .map(|i| {
+    stream::iter(memory_names(n))
+        .map(|name| {
             let api = api.clone();
-            async move { apply(&api, &format!("bench-fleet-{i}")).await }
+            async move { apply(&api, &name).await }
         })
         .buffer_unordered(16)
         .try_collect::<Vec<_>>()
@@ -272,6 +304,38 @@ async fn memory(client: Client, operator: &OperatorProcess, n: usize) -> anyhow:
     Ok(())
 }
 
+/// The Municipalities `command` will create, for the checks made before it starts.
+async fn planned(command: &Command, client: &Client) -> anyhow::Result<Vec<Municipality>> {
+    let manifests: Vec<serde_json::Value> = match command {
+        Command::Onboarding { municipalities } => onboarding_names(*municipalities)
+            .iter()
+            .map(|name| municipality(name))
+            .collect(),
+        Command::Memory { municipalities } => memory_names(*municipalities)
+            .iter()
+            .map(|name| municipality(name))
+            .collect(),
+        Command::Join { sizes, .. } => join::names(sizes)
+            .iter()
+            .map(|name| municipality(name))
+            .collect(),
+        Command::Fleet {
+            municipalities,
+            onboard,
+            ..
+        } => fleet::planned(client, municipalities, *onboard)
+            .await?
+            .iter()
+            .map(comuni::Comune::manifest)
+            .collect(),
+        Command::Fixture { .. } => vec![],
+    };
+    manifests
+        .into_iter()
+        .map(|m| serde_json::from_value(m).context("a benchmark Municipality"))
+        .collect()
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -286,6 +350,10 @@ async fn main() -> anyhow::Result<()> {
         .client()
         .await
         .context("connecting to the local cluster")?;
+    let planned = planned(&cli.command, &client)
+        .await
+        .context("listing the comuni the benchmark would create")?;
+    preflight::check(&cluster, &client, &planned).await?;
     install_crds(&client).await?;
     let api = Api::<Municipality>::all(client.clone());
     let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
@@ -304,11 +372,15 @@ async fn main() -> anyhow::Result<()> {
         Command::Memory { municipalities } => {
             memory(client.clone(), &operator, municipalities).await
         }
-        Command::Join { sizes } => join::run(client.clone(), &operator, &sizes).await,
+        Command::Join { sizes, tolerance } => {
+            join::run(client.clone(), &operator, &sizes, tolerance).await
+        }
         Command::Fleet {
             municipalities,
             onboard,
             concurrency,
+            direct_concurrency,
+            resync_quiet,
             report,
             keep,
         } => {
@@ -318,6 +390,8 @@ async fn main() -> anyhow::Result<()> {
                 sizes: municipalities.clone(),
                 onboard,
                 concurrency,
+                direct_concurrency,
+                resync_quiet,
                 bin: bin.clone(),
                 keep,
             };
@@ -326,7 +400,7 @@ async fn main() -> anyhow::Result<()> {
             operator.wait_leading().await?;
             match (result, report) {
                 (Ok(figures), Some(path)) => {
-                    let context = fleet::context(&cluster, &client, &options).await?;
+                    let context = report::context(&cluster, &client, &options).await?;
                     report::write(&path, &figures, &context)
                 }
                 (result, _) => result.map(|_| ()),
