@@ -281,6 +281,28 @@ impl Metrics {
         }
     }
 
+    /// Records a comune's quota, as its status reports it.
+    pub fn record_quota(
+        &self,
+        municipality: &str,
+        quota: &std::collections::BTreeMap<String, consorzio_api::QuotaUsage>,
+    ) {
+        for resource in QUOTA_RESOURCES {
+            if let Some(q) = quota.get(resource) {
+                let (hard, used) = (
+                    crate::quantity::parse(&q.hard.0),
+                    crate::quantity::parse(&q.used.0),
+                );
+                self.set_quota(
+                    municipality,
+                    resource,
+                    hard.unwrap_or(0.0),
+                    used.unwrap_or(0.0),
+                );
+            }
+        }
+    }
+
     /// Forgets a comune that no longer exists.
     pub fn forget_municipality(&self, municipality: &str) {
         if let Ok(mut comuni) = self.comuni.0.lock() {

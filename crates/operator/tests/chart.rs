@@ -5,7 +5,7 @@
 mod support;
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
 };
 
@@ -190,6 +190,64 @@ fn operator_role_has_no_wildcards_and_binds_only_tenant_roles() -> anyhow::Resul
             }
         }
     }
+    Ok(())
+}
+
+/// The kinds the operator manages are declared once (`controller::kinds`); its ClusterRole
+/// grants each exactly the verbs the declaration says it needs, and beyond them only its own
+/// resources, Events and binding the tenant roles.
+#[test]
+fn operator_role_grants_exactly_what_the_declared_kinds_need() -> anyhow::Result<()> {
+    let docs = template("consorzio", "consorzio", &[])?;
+    let role = docs
+        .iter()
+        .find(|d| d["kind"] == "ClusterRole" && d["metadata"]["name"] == "consorzio-operator")
+        .context("the operator's ClusterRole")?;
+    let mut granted: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
+    for rule in role["rules"].as_array().context("rules")? {
+        let list = |field: &str| -> Vec<String> {
+            rule[field]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        };
+        for group in list("apiGroups") {
+            for resource in list("resources") {
+                granted
+                    .entry((group.clone(), resource))
+                    .or_default()
+                    .extend(list("verbs"));
+            }
+        }
+    }
+    for kind in consorzio::controller::kinds::KINDS {
+        let key = (kind.group.to_string(), kind.plural.to_string());
+        let verbs = granted.remove(&key).unwrap_or_default();
+        let wanted: BTreeSet<String> = kind.verbs().into_iter().map(str::to_string).collect();
+        ensure!(
+            verbs == wanted,
+            "{}: the chart grants {verbs:?}, the declaration needs {wanted:?}",
+            kind.kind
+        );
+    }
+    let rest: Vec<String> = granted
+        .keys()
+        .map(|(group, resource)| format!("{group}/{resource}"))
+        .collect();
+    assert_eq!(
+        rest,
+        [
+            "consorzio.io/municipalities",
+            "consorzio.io/municipalities/status",
+            "consorzio.io/sharedservices",
+            "consorzio.io/sharedservices/status",
+            "events.k8s.io/events",
+            "rbac.authorization.k8s.io/clusterroles",
+        ],
+        "granted beyond the declared kinds"
+    );
     Ok(())
 }
 

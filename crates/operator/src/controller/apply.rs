@@ -1,40 +1,80 @@
 //! Writing desired objects with server-side apply, but only when the cluster differs from them,
-//! so that a reconcile with nothing to change performs no write at all.
+//! so that a reconcile with nothing to change performs no write at all; and removing what an
+//! owner no longer renders, by kind (see `kinds`): deleted, or kept when it holds data.
 
 use std::{
-    collections::HashMap,
-    sync::Mutex,
-    time::{Duration, Instant},
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex},
+    time::Instant,
 };
 
 use kube::{
-    Api, Client, ResourceExt,
+    Api, ResourceExt,
     api::{DeleteParams, DynamicObject, Patch, PatchParams},
-    core::ApiResource,
 };
-use serde_json::Value;
+use serde_json::{Value, json};
 
-use super::Error;
-use crate::{metrics::Metrics, quantity, render::Rendered};
+use super::{
+    Context,
+    cached::Cached,
+    error::{During, Error, Step, describe},
+    kinds::{self, KINDS, Kind, Lifecycle, Owner},
+    passes::{CREATION_LAG, fingerprint},
+};
+use crate::{
+    quantity,
+    render::{MANAGED_BY, ORPHANED_LABEL, Rendered},
+};
 
 /// The field manager of every write the operator makes.
 pub const FIELD_MANAGER: &str = "consorzio";
+/// Field managers of each service's own writes (`<prefix><service>`): its subscription labels,
+/// and in earlier versions its entries in the comuni's status.
+pub const SERVICE_MANAGER_PREFIX: &str = "consorzio-service-";
+
+/// The keys of the maps whose values are quantities (`ResourceList`s: a quota's `hard`, a
+/// container's `requests` and `limits`, a LimitRange's `default`…): there "1024Mi" is "1Gi", as
+/// the API server stores it. Anywhere else two strings match only when equal ("1k" is not
+/// "1000" in a ConfigMap, nor "1.1" "1.10" in a label).
+const QUANTITY_MAPS: &[&str] = &[
+    "hard",
+    "requests",
+    "limits",
+    "default",
+    "defaultRequest",
+    "max",
+    "min",
+    "maxLimitRequestRatio",
+];
 
 /// Whether `actual` already holds every field of `desired` (other fields may exist: the API
-/// server adds defaults, status and metadata). Quantities match by value, so "1024Mi" is "1Gi".
+/// server adds defaults, status and metadata).
 pub fn contains(actual: &Value, desired: &Value) -> bool {
+    contains_in(actual, desired, false)
+}
+
+/// `contains`, where `list` says the objects compared are `ResourceList`s: maps of quantities.
+fn contains_in(actual: &Value, desired: &Value, list: bool) -> bool {
     match (actual, desired) {
         (_, Value::Null) => true,
         (Value::Object(a), Value::Object(d)) => d.iter().all(|(key, dv)| match a.get(key) {
-            Some(av) => contains(av, dv),
+            Some(av) if list => same_quantity(av, dv),
+            Some(av) => contains_in(av, dv, QUANTITY_MAPS.contains(&key.as_str())),
             None => is_empty(dv),
         }),
         (Value::Array(a), Value::Array(d)) => {
             a.len() == d.len() && a.iter().zip(d).all(|(av, dv)| contains(av, dv))
         }
+        (a, d) => a == d,
+    }
+}
+
+/// Whether two values of a `ResourceList` are the same quantity.
+fn same_quantity(actual: &Value, desired: &Value) -> bool {
+    match (actual, desired) {
         (Value::String(a), Value::String(d)) => a == d || quantity::same(a, d),
         (Value::Number(a), Value::String(d)) => quantity::same(&a.to_string(), d),
-        (a, d) => a == d,
+        (a, d) => contains(a, d),
     }
 }
 
@@ -48,45 +88,62 @@ fn is_empty(value: &Value) -> bool {
     }
 }
 
-fn api_for(client: &Client, resource: &ApiResource, namespace: Option<&str>) -> Api<DynamicObject> {
+fn api_for(ctx: &Context, kind: &Kind, namespace: Option<&str>) -> Api<DynamicObject> {
+    let resource = kind.resource();
     match namespace {
-        Some(ns) => Api::namespaced_with(client.clone(), ns, resource),
-        None => Api::all_with(client.clone(), resource),
+        Some(ns) => Api::namespaced_with(ctx.client.clone(), ns, &resource),
+        None => Api::all_with(ctx.client.clone(), &resource),
     }
 }
 
-/// Applies `desired` unless `cached` (the object as the cluster has it) already matches.
-/// Returns whether it wrote.
-pub async fn apply_if_changed(
-    client: &Client,
-    metrics: &Metrics,
-    desired: &Rendered,
-    cached: Option<Value>,
-) -> Result<bool, Error> {
-    let want = serde_json::to_value(&desired.object)?;
-    if cached.is_some_and(|have| contains(&have, &want)) {
+/// Whether the caches hold `desired` as it is rendered.
+fn is_current(ctx: &Context, desired: &Rendered) -> Result<Option<bool>, Error> {
+    let Some(have) = ctx.caches.cached(desired) else {
+        return Ok(None);
+    };
+    let mut want =
+        serde_json::to_value(&desired.object).map_err(Error::render(desired.describe()))?;
+    // The caches keep no apiVersion and kind: each holds one kind.
+    if let Some(want) = want.as_object_mut() {
+        want.remove("apiVersion");
+        want.remove("kind");
+    }
+    Ok(Some(contains(&have, &want)))
+}
+
+/// Applies `desired` unless the caches show the cluster already has it. Returns whether it wrote.
+pub async fn apply(ctx: &Context, desired: &Rendered) -> Result<bool, Error> {
+    if is_current(ctx, desired)? == Some(true) {
         return Ok(false);
     }
-    write(client, metrics, desired).await?;
+    write(ctx, desired).await?;
     Ok(true)
 }
 
+/// Applies what differs from the caches; says whether it wrote anything.
+pub async fn apply_all(ctx: &Context, objects: &[Rendered]) -> Result<bool, Error> {
+    let wrote = futures::future::try_join_all(objects.iter().map(|o| apply(ctx, o))).await?;
+    Ok(wrote.contains(&true))
+}
+
 /// Applies `desired`.
-async fn write(client: &Client, metrics: &Metrics, desired: &Rendered) -> Result<(), Error> {
+async fn write(ctx: &Context, desired: &Rendered) -> Result<(), Error> {
     let name = desired.object.name_any();
-    let api = api_for(
-        client,
-        &desired.resource,
-        desired.object.namespace().as_deref(),
-    );
+    let ns = desired.object.namespace();
+    let resource = &desired.resource;
+    let api = match &ns {
+        Some(ns) => Api::<DynamicObject>::namespaced_with(ctx.client.clone(), ns, resource),
+        None => Api::all_with(ctx.client.clone(), resource),
+    };
     tracing::debug!(object = %desired.describe(), "applying");
-    metrics.wrote(&desired.resource.kind);
+    ctx.metrics.wrote(&resource.kind);
     api.patch(
         &name,
         &PatchParams::apply(FIELD_MANAGER).force(),
         &Patch::Apply(&desired.object),
     )
-    .await?;
+    .await
+    .during(Step::Apply, desired.describe())?;
     Ok(())
 }
 
@@ -96,9 +153,6 @@ async fn write(client: &Client, metrics: &Metrics, desired: &Rendered) -> Result
 /// their namespace's objects applied twice so.
 #[derive(Debug, Default)]
 pub struct Created(Mutex<HashMap<String, (u64, Instant)>>);
-
-/// How long a created object may take to show in the caches.
-pub const CREATION_LAG: Duration = Duration::from_secs(10);
 
 /// What `apply_unless_unseen` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,15 +166,6 @@ pub enum Applied {
 }
 
 impl Created {
-    fn key(desired: &Rendered) -> String {
-        format!(
-            "{}/{}/{}",
-            desired.resource.kind,
-            desired.object.namespace().unwrap_or_default(),
-            desired.object.name_any()
-        )
-    }
-
     fn is_recent(&self, key: &str, fingerprint: u64) -> bool {
         self.0.lock().is_ok_and(|created| {
             created
@@ -139,53 +184,122 @@ impl Created {
     }
 }
 
-/// Like `apply_if_changed`, but an object that `created` says was created with the same content
-/// a moment ago, and that the caches do not show yet, is not written again.
-pub async fn apply_unless_unseen(
-    client: &Client,
-    metrics: &Metrics,
-    desired: &Rendered,
-    cached: Option<Value>,
-    created: &Created,
-) -> Result<Applied, Error> {
-    if cached.is_some() {
-        let wrote = apply_if_changed(client, metrics, desired, cached).await?;
-        return Ok(if wrote {
-            Applied::Wrote
-        } else {
-            Applied::Unchanged
-        });
+/// Like `apply`, but an object created with the same content a moment ago, that the caches do
+/// not show yet, is not written again.
+pub async fn apply_unless_unseen(ctx: &Context, desired: &Rendered) -> Result<Applied, Error> {
+    match is_current(ctx, desired)? {
+        Some(true) => return Ok(Applied::Unchanged),
+        Some(false) => {
+            write(ctx, desired).await?;
+            return Ok(Applied::Wrote);
+        }
+        None => {}
     }
-    let (key, fingerprint) = (
-        Created::key(desired),
-        super::fingerprint(serde_json::to_string(&desired.object)?),
-    );
-    if created.is_recent(&key, fingerprint) {
+    let key = desired.describe();
+    let content = serde_json::to_string(&desired.object).map_err(Error::render(&key))?;
+    let content = fingerprint(content);
+    if ctx.created.is_recent(&key, content) {
         return Ok(Applied::Unseen);
     }
-    write(client, metrics, desired).await?;
-    created.record(key, fingerprint);
+    write(ctx, desired).await?;
+    ctx.created.record(key, content);
     Ok(Applied::Wrote)
 }
 
 /// Deletes an object the operator created and no longer wants. A missing object is fine.
 pub async fn delete(
-    client: &Client,
-    metrics: &Metrics,
-    resource: &ApiResource,
+    ctx: &Context,
+    kind: &Kind,
     namespace: Option<&str>,
     name: &str,
 ) -> Result<(), Error> {
-    tracing::debug!(kind = %resource.kind, ?namespace, name, "deleting");
-    metrics.wrote(&resource.kind);
-    match api_for(client, resource, namespace)
+    let object = describe(kind.kind, namespace, name);
+    tracing::debug!(%object, "deleting");
+    ctx.metrics.wrote(kind.kind);
+    match api_for(ctx, kind, namespace)
         .delete(name, &DeleteParams::background())
         .await
     {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
-        Err(e) => Err(e.into()),
+        Err(e) => Err(e).during(Step::Delete, object),
     }
+}
+
+/// Keeps an object's data: labelled orphaned so people find it, and no longer managed, so it is
+/// never pruned or applied again. A missing object is fine.
+pub async fn keep(
+    ctx: &Context,
+    kind: &Kind,
+    namespace: Option<&str>,
+    name: &str,
+) -> Result<(), Error> {
+    let orphan = json!({"metadata": {"labels": {ORPHANED_LABEL: "true", MANAGED_BY.0: null}}});
+    ctx.metrics.wrote(kind.kind);
+    match api_for(ctx, kind, namespace)
+        .patch(name, &PatchParams::default(), &Patch::Merge(&orphan))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(e) => Err(e).during(Step::Keep, describe(kind.kind, namespace, name)),
+    }
+}
+
+/// What becomes of the data an owner no longer wants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reclaim {
+    /// Kept, labelled orphaned.
+    Retain,
+    /// Deleted.
+    Delete,
+}
+
+/// Removes an object its owner no longer renders, as its kind says: deleted, or, holding data,
+/// kept or deleted as `reclaim` says. Objects rendered as long as their owner exists (quota,
+/// limits) and namespaces are left alone: they go with their owner.
+pub async fn remove(
+    ctx: &Context,
+    kind: &Kind,
+    obj: &Cached,
+    reclaim: Reclaim,
+) -> Result<(), Error> {
+    let (ns, name) = (obj.namespace(), obj.name());
+    match kind.lifecycle {
+        _ if *kind == kinds::NAMESPACE => Ok(()),
+        Lifecycle::Pruned => delete(ctx, kind, ns, name).await,
+        Lifecycle::Data if reclaim == Reclaim::Delete => delete(ctx, kind, ns, name).await,
+        Lifecycle::Data => keep(ctx, kind, ns, name).await,
+        Lifecycle::Always | Lifecycle::Watched => Ok(()),
+    }
+}
+
+/// The cached objects in namespace `ns`, of the kinds `owner` renders, that `belongs` says are
+/// the owner's and that `rendered` lacks.
+pub fn unrendered(
+    ctx: &Context,
+    owner: Owner,
+    ns: &str,
+    belongs: impl Fn(&Cached) -> bool,
+    rendered: &[Rendered],
+) -> Vec<(&'static Kind, Arc<Cached>)> {
+    let wanted: HashSet<(&str, String)> = rendered
+        .iter()
+        .map(|r| (r.resource.kind.as_str(), r.object.name_any()))
+        .collect();
+    KINDS
+        .iter()
+        .filter(|kind| kind.namespaced && kinds::rendered_by(kind, owner))
+        .flat_map(|kind| {
+            ctx.caches
+                .in_namespace(kind, ns)
+                .into_iter()
+                .map(move |obj| (kind, obj))
+        })
+        .filter(|(kind, obj)| {
+            belongs(obj) && !wanted.contains(&(kind.kind, obj.name().to_string()))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -197,14 +311,14 @@ mod tests {
     #[test]
     fn a_creation_is_recent_for_a_while_and_for_the_same_content() {
         let created = Created::default();
-        created.record("ConfigMap/n/c".into(), 1);
-        assert!(created.is_recent("ConfigMap/n/c", 1));
-        assert!(!created.is_recent("ConfigMap/n/c", 2), "other content");
-        assert!(!created.is_recent("ConfigMap/n/d", 1), "another object");
+        created.record("ConfigMap n/c".into(), 1);
+        assert!(created.is_recent("ConfigMap n/c", 1));
+        assert!(!created.is_recent("ConfigMap n/c", 2), "other content");
+        assert!(!created.is_recent("ConfigMap n/d", 1), "another object");
         if let Ok(mut all) = created.0.lock() {
-            all.insert("ConfigMap/n/c".into(), (1, Instant::now() - CREATION_LAG));
+            all.insert("ConfigMap n/c".into(), (1, Instant::now() - CREATION_LAG));
         }
-        assert!(!created.is_recent("ConfigMap/n/c", 1), "too long ago");
+        assert!(!created.is_recent("ConfigMap n/c", 1), "too long ago");
     }
 
     #[test]
@@ -227,9 +341,38 @@ mod tests {
     }
 
     #[test]
-    fn quantities_and_empty_values_match_their_stored_forms() {
-        assert!(contains(&json!({"m": "1Gi"}), &json!({"m": "1024Mi"})));
-        assert!(contains(&json!({"pods": 50}), &json!({"pods": "50"})));
+    fn quantities_match_their_stored_forms_in_quantity_fields_only() {
+        assert!(contains(
+            &json!({"spec": {"hard": {"memory": "1Gi", "pods": 50}}}),
+            &json!({"spec": {"hard": {"memory": "1024Mi", "pods": "50"}}})
+        ));
+        let container =
+            |cpu: &str| json!({"resources": {"limits": {"cpu": cpu}, "requests": {"cpu": cpu}}});
+        assert!(contains(&container("500m"), &container("0.5")));
+        let range = |memory: &str| json!({"spec": {"limits": [{"type": "Container", "default": {"memory": memory}}]}});
+        assert!(contains(&range("1Gi"), &range("1024Mi")));
+        assert!(contains(
+            &json!({"spec": {"resources": {"requests": {"storage": "10Gi"}}}}),
+            &json!({"spec": {"resources": {"requests": {"storage": "10240Mi"}}}})
+        ));
+        // Elsewhere, strings that read as the same quantity are different values.
+        assert!(!contains(
+            &json!({"data": {"SIZE": "1000"}}),
+            &json!({"data": {"SIZE": "1k"}})
+        ));
+        let label = |v: &str| json!({"metadata": {"labels": {"consorzio.io/union": v}}});
+        assert!(!contains(&label("1.10"), &label("1.1")));
+        let env = |v: &str| json!({"env": [{"name": "LIMIT", "value": v}]});
+        assert!(!contains(&env("1000"), &env("1k")));
+        // A key named like a quantity map whose value is not a map is compared as it is.
+        assert!(!contains(
+            &json!({"data": {"limits": "1000"}}),
+            &json!({"data": {"limits": "1k"}})
+        ));
+    }
+
+    #[test]
+    fn empty_values_match_their_absence() {
         assert!(contains(
             &json!({}),
             &json!({"ingress": [], "selector": {}})

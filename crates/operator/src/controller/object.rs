@@ -10,7 +10,10 @@ use kube::{
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
-use super::{Context, Error};
+use super::{
+    Context,
+    error::{During, Error, Step, describe},
+};
 
 /// Adds (or removes) `finalizer` on a cluster-scoped object, with its resourceVersion as a
 /// precondition so that no other finalizer is lost. Writes nothing when already so.
@@ -41,7 +44,11 @@ where
             &PatchParams::default(),
             &Patch::Merge(patch),
         )
-        .await?;
+        .await
+        .during(
+            Step::Finalizer,
+            describe(&K::kind(&()), None, &obj.name_any()),
+        )?;
     Ok(())
 }
 

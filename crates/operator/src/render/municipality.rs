@@ -235,19 +235,6 @@ fn render_role_binding(
     }
 }
 
-/// The objects a comune may or may not have, depending on its spec: when not rendered, they are
-/// pruned.
-pub fn optional_objects() -> Vec<(kube::core::ApiResource, &'static str)> {
-    use k8s_openapi::api::networking::v1::NetworkPolicy;
-    let policy = kube::core::ApiResource::erase::<NetworkPolicy>(&());
-    let binding = kube::core::ApiResource::erase::<RoleBinding>(&());
-    vec![
-        (policy, network::INTERNET_EGRESS),
-        (binding.clone(), ADMINS_BINDING),
-        (binding, VIEWERS_BINDING),
-    ]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

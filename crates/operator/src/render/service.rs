@@ -522,7 +522,13 @@ fn pod_template(
 
 /// How many of `total` comuni may be updating at once (a rollout's wave).
 pub fn max_unavailable(s: &SharedService, total: usize) -> usize {
-    match &s.spec.rollout.max_unavailable {
+    wave_size(&s.spec.rollout.max_unavailable, total)
+}
+
+/// How many of `total` comuni `max_unavailable` (a number, or a percentage rounded up) lets
+/// update at once: at least one.
+pub fn wave_size(max_unavailable: &IntOrString, total: usize) -> usize {
+    match max_unavailable {
         IntOrString::Int(n) => (*n).max(1) as usize,
         IntOrString::String(text) => {
             let percent: usize = text.trim_end_matches('%').parse().unwrap_or(100);

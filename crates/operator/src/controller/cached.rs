@@ -13,12 +13,13 @@
 use std::{
     borrow::Cow,
     collections::{BTreeMap, HashMap},
-    marker::PhantomData,
     sync::{Arc, Mutex, OnceLock, Weak},
 };
 
-use kube::{Resource, core::ObjectMeta, runtime::reflector::Lookup, runtime::watcher::Event};
-use serde::{Serialize, de::DeserializeOwned};
+use kube::{
+    api::DynamicObject, core::ObjectMeta, runtime::reflector::Lookup, runtime::watcher::Event,
+};
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 /// Labels or annotations in one string, sorted by key: `key NUL value NUL` for each pair. A
@@ -61,7 +62,7 @@ impl Pairs {
 /// never needs (`uid`, `resourceVersion`, `creationTimestamp`, `selfLink`). A typed `ObjectMeta`
 /// alone takes 350 bytes before its strings.
 #[derive(Debug)]
-pub struct Cached<K> {
+pub struct Cached {
     name: Box<str>,
     namespace: Option<Box<str>>,
     generation: Option<i64>,
@@ -72,14 +73,13 @@ pub struct Cached<K> {
     /// JSON compressed against `dictionary`.
     rest: Box<[u8]>,
     dictionary: Arc<[u8]>,
-    kind: PhantomData<fn() -> K>,
 }
 
 /// What a cache compresses its objects against: the JSON of the first object it kept.
 #[derive(Debug, Default)]
 pub struct Dictionary(OnceLock<Arc<[u8]>>);
 
-impl<K> Clone for Cached<K> {
+impl Clone for Cached {
     fn clone(&self) -> Self {
         Self {
             name: self.name.clone(),
@@ -90,20 +90,21 @@ impl<K> Clone for Cached<K> {
             annotations: self.annotations.clone(),
             rest: self.rest.clone(),
             dictionary: self.dictionary.clone(),
-            kind: PhantomData,
         }
     }
 }
 
-impl<K: Resource + Serialize> Cached<K> {
-    /// Keeps `obj`, compressed against `dictionary`.
-    pub fn new(mut obj: K, dictionary: &Dictionary) -> Self {
-        let m = std::mem::take(obj.meta_mut());
-        *obj.meta_mut() = ObjectMeta {
+impl Cached {
+    /// Keeps `obj`, compressed against `dictionary`. Its apiVersion and kind are dropped: a
+    /// cache holds one kind (and a list's items come without them, a watch's events with them).
+    pub fn new(mut obj: DynamicObject, dictionary: &Dictionary) -> Self {
+        let m = std::mem::take(&mut obj.metadata);
+        obj.metadata = ObjectMeta {
             owner_references: m.owner_references,
             finalizers: m.finalizers,
             ..ObjectMeta::default()
         };
+        obj.types = None;
         let json = serde_json::to_vec(&obj).unwrap_or_default();
         let dictionary = dictionary.0.get_or_init(|| json.as_slice().into()).clone();
         let rest = lz4_flex::block::compress_prepend_size_with_dict(&json, &dictionary);
@@ -116,7 +117,6 @@ impl<K: Resource + Serialize> Cached<K> {
             annotations: Pairs::new(m.annotations),
             rest: rest.into_boxed_slice(),
             dictionary,
-            kind: PhantomData,
         }
     }
 
@@ -153,17 +153,15 @@ impl<K: Resource + Serialize> Cached<K> {
         }
         let meta = (&self.labels, &self.annotations, self.deleting);
         (
-            super::fingerprint((meta, rest.to_string())),
-            super::fingerprint((meta, &self.rest)),
+            super::passes::fingerprint((meta, rest.to_string())),
+            super::passes::fingerprint((meta, &self.rest)),
         )
     }
 
     fn json(&self) -> Option<Vec<u8>> {
         lz4_flex::block::decompress_size_prepended_with_dict(&self.rest, &self.dictionary).ok()
     }
-}
 
-impl<K> Cached<K> {
     /// The object's name.
     pub fn name(&self) -> &str {
         &self.name
@@ -195,22 +193,23 @@ impl<K> Cached<K> {
     }
 }
 
-/// The caches find an object by kind, namespace and name; nothing reads the version or uid of a
-/// cached object's reference, so the index does not keep them.
-impl<K: Resource> Lookup for Cached<K> {
-    type DynamicType = K::DynamicType;
+/// The caches find an object by namespace and name: each cache holds one kind (see `kinds`),
+/// so a reference needs no kind, and nothing reads the version or uid of a cached object's
+/// reference, so the index does not keep them either.
+impl Lookup for Cached {
+    type DynamicType = ();
 
-    fn kind(dt: &Self::DynamicType) -> Cow<'_, str> {
-        K::kind(dt)
+    fn kind(_: &()) -> Cow<'_, str> {
+        Cow::Borrowed("")
     }
-    fn group(dt: &Self::DynamicType) -> Cow<'_, str> {
-        K::group(dt)
+    fn group(_: &()) -> Cow<'_, str> {
+        Cow::Borrowed("")
     }
-    fn version(dt: &Self::DynamicType) -> Cow<'_, str> {
-        K::version(dt)
+    fn version(_: &()) -> Cow<'_, str> {
+        Cow::Borrowed("")
     }
-    fn plural(dt: &Self::DynamicType) -> Cow<'_, str> {
-        K::plural(dt)
+    fn plural(_: &()) -> Cow<'_, str> {
+        Cow::Borrowed("")
     }
     fn name(&self) -> Option<Cow<'_, str>> {
         Some(Cow::Borrowed(&self.name))
@@ -232,20 +231,20 @@ impl<K: Resource> Lookup for Cached<K> {
 /// comuni. Found by the object's address: the weak reference kept with each reading keeps the
 /// address from being reused while the reading is kept.
 #[derive(Debug)]
-pub struct Readings<K, V>(Mutex<(ByAddress<K, V>, usize)>);
+pub struct Readings<V>(Mutex<(ByAddress<V>, usize)>);
 
 /// Readings by the address of the object read, each with a weak reference to it.
-type ByAddress<K, V> = HashMap<usize, (Weak<Cached<K>>, V)>;
+type ByAddress<V> = HashMap<usize, (Weak<Cached>, V)>;
 
-impl<K, V> Default for Readings<K, V> {
+impl<V> Default for Readings<V> {
     fn default() -> Self {
         Self(Mutex::new((HashMap::new(), 0)))
     }
 }
 
-impl<K, V: Copy> Readings<K, V> {
+impl<V: Copy> Readings<V> {
     /// What `read` reads of `obj`, read once per object.
-    pub fn get(&self, obj: &Arc<Cached<K>>, read: impl FnOnce(&Cached<K>) -> V) -> V {
+    pub fn get(&self, obj: &Arc<Cached>, read: impl FnOnce(&Cached) -> V) -> V {
         let address = Arc::as_ptr(obj) as usize;
         let kept = self
             .0
@@ -270,10 +269,7 @@ impl<K, V: Copy> Readings<K, V> {
 }
 
 /// A watch event, with its objects as a cache with `dictionary` keeps them.
-pub fn event<K: Resource + Serialize>(
-    event: Event<K>,
-    dictionary: &Dictionary,
-) -> Event<Cached<K>> {
+pub fn event(event: Event<DynamicObject>, dictionary: &Dictionary) -> Event<Cached> {
     match event {
         Event::Apply(obj) => Event::Apply(Cached::new(obj, dictionary)),
         Event::Delete(obj) => Event::Delete(Cached::new(obj, dictionary)),
@@ -285,14 +281,14 @@ pub fn event<K: Resource + Serialize>(
 
 #[cfg(test)]
 mod tests {
-    use k8s_openapi::api::core::v1::{ConfigMap, ResourceQuota};
+    use k8s_openapi::api::core::v1::ResourceQuota;
     use serde_json::json;
 
     use super::*;
 
     #[test]
     fn a_cached_object_reads_back_whole_without_its_managed_fields() {
-        let obj: ConfigMap = serde_json::from_value(json!({
+        let obj: DynamicObject = serde_json::from_value(json!({
             "metadata": {"name": "c", "namespace": "n", "labels": {"a": "1", "b": ""},
                          "annotations": {"nul": "x\u{0}y", "z": "="},
                          "uid": "u", "generation": 3, "ownerReferences": [{"apiVersion": "v1",
@@ -324,7 +320,7 @@ mod tests {
     #[test]
     fn objects_compressed_against_the_first_read_back_whole() {
         let dictionary = Dictionary::default();
-        let config_map = |name: &str, value: &str| -> ConfigMap {
+        let config_map = |name: &str, value: &str| -> DynamicObject {
             serde_json::from_value(json!({
                 "metadata": {"name": name, "namespace": name},
                 "data": {"greeting": value, "common": "the same in every comune"},
@@ -346,7 +342,7 @@ mod tests {
     #[test]
     fn a_reading_is_kept_while_the_cache_holds_the_same_object() {
         let dictionary = Dictionary::default();
-        let quota = |cpu: &str| -> Arc<Cached<ResourceQuota>> {
+        let quota = |cpu: &str| -> Arc<Cached> {
             let obj = serde_json::from_value(json!({
                 "metadata": {"name": "q", "namespace": "n"},
                 "status": {"used": {"cpu": cpu}},
@@ -354,9 +350,9 @@ mod tests {
             .unwrap();
             Arc::new(Cached::new(obj, &dictionary))
         };
-        let readings = Readings::<ResourceQuota, u32>::default();
+        let readings = Readings::<u32>::default();
         let reads = std::cell::Cell::new(0);
-        let used = |q: &Cached<ResourceQuota>| {
+        let used = |q: &Cached| {
             reads.set(reads.get() + 1);
             let q: ResourceQuota = q.read().unwrap();
             q.status.unwrap().used.unwrap()["cpu"]
@@ -384,7 +380,8 @@ mod tests {
 
     #[test]
     fn a_cached_object_reads_its_status() {
-        let obj: ResourceQuota = serde_json::from_value(json!({
+        let obj: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "ResourceQuota",
             "metadata": {"name": "q"},
             "status": {"used": {"cpu": "1"}},
         }))

@@ -23,25 +23,11 @@ use std::{
 use consorzio_api::{Municipality, MunicipalityStatus, ServiceInstanceStatus};
 use kube::ResourceExt;
 
-use super::left;
-
-/// How long the entries reported may wait for the others: most instances are Ready sooner, and
-/// then the comune's status is written once instead of several times. (In a cold start of 1,000
-/// comuni, instances take a minute or two from their first report to Ready.)
-const PROGRESS_HOLD: Duration = Duration::from_secs(120);
-
-/// How long the quota usage must be still before a change of it alone is written...
-const USAGE_SETTLE: Duration = Duration::from_secs(30);
-/// ...and how late such a change may be written at most.
-const USAGE_LIMIT: Duration = Duration::from_secs(5 * 60);
-
-/// How long the cache may take to show a status write; until it does, the status written is
-/// the comune's status.
-const CACHE_LAG: Duration = Duration::from_secs(10);
+use super::passes::{CACHE_LAG, PROGRESS_HOLD, USAGE_LIMIT, USAGE_SETTLE, left};
 
 /// Per comune, by name.
 #[derive(Debug, Default)]
-pub struct Statuses(Mutex<HashMap<Box<str>, Comune>>);
+pub struct Entries(Mutex<HashMap<Box<str>, Comune>>);
 
 #[derive(Debug, Default)]
 struct Comune {
@@ -92,7 +78,7 @@ impl Comune {
     }
 }
 
-impl Statuses {
+impl Entries {
     fn with<T>(&self, comune: &str, f: impl FnOnce(&mut Comune) -> T) -> T {
         let mut all = self
             .0
@@ -259,42 +245,42 @@ mod tests {
 
     #[test]
     fn entries_are_merged_in_the_status_order_and_removed_when_reported_gone() {
-        let statuses = Statuses::default();
+        let entries = Entries::default();
         let m = comune("1", vec![entry("gis", "Ready"), entry("cms", "Ready")]);
         // Reporting what the status says changes nothing.
-        assert!(!statuses.report(&m, "gis", Some(entry("gis", "Ready"))));
-        assert!(!statuses.report(&m, "files", None));
-        assert!(statuses.report(&m, "gis", None));
-        assert!(statuses.report(&m, "files", Some(entry("files", "Ready"))));
-        assert!(statuses.report(&m, "cms", Some(entry("cms", "Failed"))));
+        assert!(!entries.report(&m, "gis", Some(entry("gis", "Ready"))));
+        assert!(!entries.report(&m, "files", None));
+        assert!(entries.report(&m, "gis", None));
+        assert!(entries.report(&m, "files", Some(entry("files", "Ready"))));
+        assert!(entries.report(&m, "cms", Some(entry("cms", "Failed"))));
         // The same report twice wakes the controller once.
-        assert!(!statuses.report(&m, "cms", Some(entry("cms", "Failed"))));
-        let current = statuses.current(&m);
+        assert!(!entries.report(&m, "cms", Some(entry("cms", "Failed"))));
+        let current = entries.current(&m);
         let expected = ["cms".to_string(), "files".to_string()];
-        let (services, hold) = statuses.services("lugano", &current.services, &expected);
+        let (services, hold) = entries.services("lugano", &current.services, &expected);
         assert_eq!(services, [entry("cms", "Failed"), entry("files", "Ready")]);
         assert_eq!(hold, None);
     }
 
     #[test]
     fn entries_wait_for_those_on_their_way_and_those_not_reported_yet() {
-        let statuses = Statuses::default();
+        let entries = Entries::default();
         let m = comune("1", vec![]);
         let expected = ["gis".to_string(), "cms".to_string(), "files".to_string()];
         let waits = |hold: Option<Duration>| {
             hold.is_some_and(|h| h > PROGRESS_HOLD - Duration::from_secs(1) && h <= PROGRESS_HOLD)
         };
-        assert!(statuses.report(&m, "gis", Some(entry("gis", "Ready"))));
+        assert!(entries.report(&m, "gis", Some(entry("gis", "Ready"))));
         // cms and files select the comune and have not reported.
-        assert!(waits(statuses.services("lugano", &[], &expected).1));
-        assert!(statuses.report(&m, "files", Some(entry("files", "Ready"))));
-        assert!(statuses.report(&m, "cms", Some(entry("cms", "Pending"))));
-        assert!(waits(statuses.services("lugano", &[], &expected).1));
-        assert!(statuses.report(&m, "cms", Some(entry("cms", "Updating"))));
-        assert!(waits(statuses.services("lugano", &[], &expected).1));
+        assert!(waits(entries.services("lugano", &[], &expected).1));
+        assert!(entries.report(&m, "files", Some(entry("files", "Ready"))));
+        assert!(entries.report(&m, "cms", Some(entry("cms", "Pending"))));
+        assert!(waits(entries.services("lugano", &[], &expected).1));
+        assert!(entries.report(&m, "cms", Some(entry("cms", "Updating"))));
+        assert!(waits(entries.services("lugano", &[], &expected).1));
         // All arrived: written at once.
-        assert!(statuses.report(&m, "cms", Some(entry("cms", "Ready"))));
-        let (services, hold) = statuses.services("lugano", &[], &expected);
+        assert!(entries.report(&m, "cms", Some(entry("cms", "Ready"))));
+        let (services, hold) = entries.services("lugano", &[], &expected);
         let ready = [
             entry("gis", "Ready"),
             entry("files", "Ready"),
@@ -305,7 +291,7 @@ mod tests {
         // An entry on its way that the status already lists holds the others too (in a cold
         // start of 1,000 comuni, each instance's arrival was otherwise a write of its own).
         let updating = comune("2", vec![entry("cms", "Updating")]);
-        let other = Statuses::default();
+        let other = Entries::default();
         assert!(other.report(&updating, "gis", Some(entry("gis", "Ready"))));
         let listed = [entry("cms", "Updating")];
         assert!(waits(other.services("lugano", &listed, &expected[..2]).1));
@@ -315,46 +301,46 @@ mod tests {
 
     #[test]
     fn the_status_written_stands_until_the_cache_has_it() {
-        let statuses = Statuses::default();
+        let entries = Entries::default();
         let stale = comune("1", vec![]);
-        assert!(statuses.report(&stale, "gis", Some(entry("gis", "Ready"))));
-        let (services, _) = statuses.services("lugano", &[], &[]);
+        assert!(entries.report(&stale, "gis", Some(entry("gis", "Ready"))));
+        let (services, _) = entries.services("lugano", &[], &[]);
         let written = MunicipalityStatus {
             services,
             ..Default::default()
         };
-        statuses.settled("lugano", &written, Some("2".into()));
+        entries.settled("lugano", &written, Some("2".into()));
         // The cache still has version 1: the status is the one written, and the service's entry,
         // reported again from a pass that read the old status, changes nothing.
-        assert_eq!(statuses.current(&stale), written);
-        assert!(!statuses.report(&stale, "gis", Some(entry("gis", "Ready"))));
-        assert_eq!(statuses.services("lugano", &[], &[]).0, []);
+        assert_eq!(entries.current(&stale), written);
+        assert!(!entries.report(&stale, "gis", Some(entry("gis", "Ready"))));
+        assert_eq!(entries.services("lugano", &[], &[]).0, []);
         // Once the cache has the version written, it is the status again.
         let fresh = comune("2", vec![]);
         assert_eq!(
-            statuses.current(&fresh),
+            entries.current(&fresh),
             fresh.status.clone().unwrap_or_default()
         );
-        assert!(statuses.report(&fresh, "gis", Some(entry("gis", "Ready"))));
+        assert!(entries.report(&fresh, "gis", Some(entry("gis", "Ready"))));
     }
 
     #[test]
     fn a_change_of_the_usage_alone_waits_until_the_usage_is_still() {
-        let statuses = Statuses::default();
+        let entries = Entries::default();
         // Nothing said when the usage changed (e.g. at start): written at once.
-        assert_eq!(statuses.usage_write_wait("lugano"), None);
-        statuses.usage_changed("lugano");
+        assert_eq!(entries.usage_write_wait("lugano"), None);
+        entries.usage_changed("lugano");
         let settles = |wait: Option<Duration>| {
             wait.is_some_and(|w| w > USAGE_SETTLE - Duration::from_secs(1) && w <= USAGE_SETTLE)
         };
-        assert!(settles(statuses.usage_write_wait("lugano")));
+        assert!(settles(entries.usage_write_wait("lugano")));
         // Another change starts the wait again.
         std::thread::sleep(Duration::from_millis(50));
-        let before = statuses.usage_write_wait("lugano");
-        statuses.usage_changed("lugano");
-        assert!(statuses.usage_write_wait("lugano") > before);
+        let before = entries.usage_write_wait("lugano");
+        entries.usage_changed("lugano");
+        assert!(entries.usage_write_wait("lugano") > before);
         // A write carries it.
-        statuses.settled("lugano", &MunicipalityStatus::default(), Some("2".into()));
-        assert_eq!(statuses.usage_write_wait("lugano"), None);
+        entries.settled("lugano", &MunicipalityStatus::default(), Some("2".into()));
+        assert_eq!(entries.usage_write_wait("lugano"), None);
     }
 }

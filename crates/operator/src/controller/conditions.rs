@@ -1,0 +1,92 @@
+//! Conditions, as both controllers write them.
+
+use consorzio_api::Condition;
+use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
+
+/// What a `Ready` condition says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ready {
+    /// Whether it is ready.
+    pub status: bool,
+    /// Why, in one CamelCase word.
+    pub reason: &'static str,
+    /// Why, for people, with what to do when it is not.
+    pub message: String,
+}
+
+impl Ready {
+    /// Ready, because `reason`.
+    pub fn yes(reason: &'static str, message: String) -> Ready {
+        Ready {
+            status: true,
+            reason,
+            message,
+        }
+    }
+
+    /// Not ready, because `reason`.
+    pub fn no(reason: &'static str, message: String) -> Ready {
+        Ready {
+            status: false,
+            reason,
+            message,
+        }
+    }
+
+    /// As a condition, keeping the previous transition time when its status did not change.
+    pub fn condition(self, previous: &[Condition], generation: Option<i64>) -> Condition {
+        condition(
+            previous,
+            "Ready",
+            self.status,
+            self.reason,
+            self.message,
+            generation,
+        )
+    }
+}
+
+/// A condition, keeping the previous transition time when its status did not change.
+pub fn condition(
+    previous: &[Condition],
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+) -> Condition {
+    let status = if status { "True" } else { "False" }.to_string();
+    let last_transition_time = previous
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| Time(Timestamp::now()));
+    Condition {
+        type_: type_.into(),
+        status,
+        reason: reason.into(),
+        message,
+        observed_generation: generation,
+        last_transition_time,
+    }
+}
+
+/// Whether the conditions say `type_=True`.
+pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
+    conditions
+        .iter()
+        .any(|c| c.type_ == type_ && c.status == "True")
+}
+
+/// Whether the conditions say `Ready=True`.
+pub fn is_ready(conditions: &[Condition]) -> bool {
+    is_true(conditions, "Ready")
+}
+
+/// The reason of the `Ready` condition, if there is one.
+pub fn ready_reason(conditions: &[Condition]) -> Option<&str> {
+    conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .map(|c| c.reason.as_str())
+}

@@ -1,0 +1,316 @@
+//! The kinds of object the operator manages, declared once. Caching, watching, pruning what is
+//! no longer rendered, teardown when a comune leaves a service, and the chart's RBAC (checked by
+//! a test) all follow from this table: adding a kind to an instance is its render function plus
+//! one entry here.
+
+use k8s_openapi::api::{
+    apps::v1::Deployment,
+    core::v1::{
+        ConfigMap, LimitRange, Namespace, PersistentVolumeClaim, ResourceQuota, Secret,
+        ServiceAccount,
+    },
+    networking::v1::{Ingress, NetworkPolicy},
+    rbac::v1::RoleBinding,
+};
+use kube::core::ApiResource;
+
+/// Who renders objects of a kind, and so whose changes they report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owner {
+    /// A Municipality, for its namespace.
+    Municipality,
+    /// A SharedService: its instances and access points, and its shared namespace.
+    Service,
+    /// Both: each namespace's isolation, rendered by whoever owns the namespace.
+    Both,
+    /// Neither: only watched.
+    Neither,
+}
+
+/// What happens to an object of a kind that its owner no longer renders.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lifecycle {
+    /// Rendered as long as its owner exists: never pruned on its own (it goes with the namespace).
+    Always,
+    /// Deleted once no longer rendered.
+    Pruned,
+    /// Holds data: kept (labelled orphaned, no longer managed) unless its owner's policy says
+    /// `Delete`. Never garbage collected through an owner reference.
+    Data,
+    /// Watched, never written.
+    Watched,
+}
+
+/// Which objects of a kind the operator's cache holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cache {
+    /// Those labelled `app.kubernetes.io/managed-by=consorzio`.
+    Managed,
+    /// Those with this name, in every namespace.
+    Named(&'static str),
+    /// None: the operator may not read this kind (Secrets). Whether an object exists is told
+    /// by another object it caches.
+    Unread,
+}
+
+/// One kind of object the operator manages or watches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Kind {
+    /// API group ("" for the core group).
+    pub group: &'static str,
+    /// API version.
+    pub version: &'static str,
+    /// Kind.
+    pub kind: &'static str,
+    /// Plural, as in the API path and RBAC rules.
+    pub plural: &'static str,
+    /// Whether its objects live in a namespace.
+    pub namespaced: bool,
+    /// Who renders it.
+    pub owner: Owner,
+    /// What happens to an object no longer rendered.
+    pub lifecycle: Lifecycle,
+    /// What the cache holds of it.
+    pub cache: Cache,
+}
+
+impl Kind {
+    /// A kind with Rust types (k8s-openapi), rendered by `owner`.
+    const fn typed<K>(owner: Owner, lifecycle: Lifecycle, cache: Cache) -> Kind
+    where
+        K: k8s_openapi::Resource,
+    {
+        Kind {
+            group: K::GROUP,
+            version: K::VERSION,
+            kind: K::KIND,
+            plural: K::URL_PATH_SEGMENT,
+            namespaced: !is_cluster_scoped(K::KIND),
+            owner,
+            lifecycle,
+            cache,
+        }
+    }
+
+    /// The kind's API, for dynamic requests.
+    pub fn resource(&self) -> ApiResource {
+        let api_version = if self.group.is_empty() {
+            self.version.to_string()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        };
+        ApiResource {
+            group: self.group.into(),
+            version: self.version.into(),
+            api_version,
+            kind: self.kind.into(),
+            plural: self.plural.into(),
+        }
+    }
+
+    /// Whether the operator writes objects of this kind.
+    pub fn written(&self) -> bool {
+        self.lifecycle != Lifecycle::Watched
+    }
+
+    /// The RBAC verbs the operator needs on this kind: read what it caches, create and patch
+    /// what it renders, delete what it prunes or deletes under a `Delete` policy.
+    pub fn verbs(&self) -> Vec<&'static str> {
+        let mut verbs = vec![];
+        // A namespace may exist unmanaged, outside the cache: it is read to tell whose it is.
+        if self.kind == "Namespace" {
+            verbs.push("get");
+        }
+        if self.cache != Cache::Unread {
+            verbs.extend(["list", "watch"]);
+        }
+        if self.written() {
+            verbs.extend(["create", "patch"]);
+        }
+        if matches!(self.lifecycle, Lifecycle::Pruned | Lifecycle::Data) {
+            verbs.push("delete");
+        }
+        verbs
+    }
+}
+
+/// Of the kinds below, those not in a namespace (k8s-openapi says so only through a marker
+/// trait, which a `const fn` cannot ask).
+const fn is_cluster_scoped(kind: &str) -> bool {
+    matches!(kind.as_bytes(), b"Namespace")
+}
+
+/// Namespaces: a comune's, or a Shared service's. Kept or deleted only by their owner's policy.
+pub const NAMESPACE: Kind = Kind::typed::<Namespace>(Owner::Both, Lifecycle::Data, Cache::Managed);
+/// Each namespace's quota.
+pub const RESOURCE_QUOTA: Kind =
+    Kind::typed::<ResourceQuota>(Owner::Both, Lifecycle::Always, Cache::Managed);
+/// Each namespace's default limits.
+pub const LIMIT_RANGE: Kind =
+    Kind::typed::<LimitRange>(Owner::Both, Lifecycle::Always, Cache::Managed);
+/// Network isolation, and a comune's access to a Shared service.
+pub const NETWORK_POLICY: Kind =
+    Kind::typed::<NetworkPolicy>(Owner::Both, Lifecycle::Pruned, Cache::Managed);
+/// A comune's admins and viewers.
+pub const ROLE_BINDING: Kind =
+    Kind::typed::<RoleBinding>(Owner::Municipality, Lifecycle::Pruned, Cache::Managed);
+/// An instance's application.
+pub const DEPLOYMENT: Kind =
+    Kind::typed::<Deployment>(Owner::Service, Lifecycle::Pruned, Cache::Managed);
+/// An instance's Service, or a comune's access point to a Shared instance.
+pub const SERVICE: Kind = Kind::typed::<k8s_openapi::api::core::v1::Service>(
+    Owner::Service,
+    Lifecycle::Pruned,
+    Cache::Managed,
+);
+/// An instance's public host.
+pub const INGRESS: Kind = Kind::typed::<Ingress>(Owner::Service, Lifecycle::Pruned, Cache::Managed);
+/// An instance's settings, or a comune's connection settings.
+pub const CONFIG_MAP: Kind =
+    Kind::typed::<ConfigMap>(Owner::Service, Lifecycle::Pruned, Cache::Managed);
+/// An instance's data.
+pub const VOLUME_CLAIM: Kind =
+    Kind::typed::<PersistentVolumeClaim>(Owner::Service, Lifecycle::Data, Cache::Managed);
+/// An instance's generated credentials: created once, never read (the instance's Deployment
+/// says it exists).
+pub const SECRET: Kind = Kind::typed::<Secret>(Owner::Service, Lifecycle::Data, Cache::Unread);
+/// Each namespace's `default` ServiceAccount: the API server refuses pods until it exists.
+pub const DEFAULT_SERVICE_ACCOUNT: Kind =
+    Kind::typed::<ServiceAccount>(Owner::Neither, Lifecycle::Watched, Cache::Named("default"));
+
+/// Every kind, the namespace first (everything else lives in one).
+pub const KINDS: &[Kind] = &[
+    NAMESPACE,
+    RESOURCE_QUOTA,
+    LIMIT_RANGE,
+    NETWORK_POLICY,
+    ROLE_BINDING,
+    DEPLOYMENT,
+    SERVICE,
+    INGRESS,
+    CONFIG_MAP,
+    VOLUME_CLAIM,
+    SECRET,
+    DEFAULT_SERVICE_ACCOUNT,
+];
+
+/// The declared kind named `kind`.
+pub fn find(kind: &str) -> Option<&'static Kind> {
+    KINDS.iter().find(|k| k.kind == kind)
+}
+
+/// Whether `owner` renders objects of `kind`.
+pub fn rendered_by(kind: &Kind, owner: Owner) -> bool {
+    kind.owner == owner
+        || (kind.owner == Owner::Both && matches!(owner, Owner::Municipality | Owner::Service))
+}
+
+#[cfg(test)]
+mod tests {
+    use consorzio_api::{Municipality, SharedService};
+    use serde_json::Value;
+
+    use super::*;
+    use crate::render::{
+        Config, Rendered, render_municipality,
+        service::{is_dedicated, render_dedicated, selects},
+        shared::{render_access_point, render_shared},
+    };
+
+    fn of_kind<T: serde::de::DeserializeOwned>(docs: &[Value], kind: &str) -> Vec<T> {
+        docs.iter()
+            .filter(|d| d["kind"] == kind)
+            .map(|d| serde_json::from_value(d.clone()).expect("a valid example"))
+            .collect()
+    }
+
+    /// Renders every example comune and every catalogue service for the comuni it selects, and
+    /// checks that every kind rendered is declared, for the owner that renders it: otherwise its
+    /// objects would be applied on every pass (not cached) and never pruned.
+    #[test]
+    fn every_kind_the_examples_render_is_declared_for_its_owner() {
+        let docs = consorzio_testkit::example_manifests().expect("the examples read");
+        let comuni: Vec<Municipality> = of_kind(&docs, "Municipality");
+        let services: Vec<SharedService> = of_kind(&docs, "SharedService");
+        assert!(
+            comuni.len() > 10 && services.len() > 5,
+            "the examples are there"
+        );
+        let config = Config::default();
+        let mut rendered: Vec<(Owner, Rendered)> = vec![];
+        for m in &comuni {
+            let objects = render_municipality(m, &config).expect("renders");
+            rendered.extend(objects.into_iter().map(|r| (Owner::Municipality, r)));
+        }
+        for s in &services {
+            if !is_dedicated(s) {
+                let objects = render_shared(s, &config).expect("renders");
+                rendered.extend(objects.into_iter().map(|r| (Owner::Service, r)));
+            }
+            for m in comuni.iter().filter(|m| selects(s, m)) {
+                let objects = if is_dedicated(s) {
+                    render_dedicated(s, m, &config).expect("renders")
+                } else {
+                    render_access_point(s, m, &config).expect("renders")
+                };
+                rendered.extend(objects.into_iter().map(|r| (Owner::Service, r)));
+            }
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (owner, r) in &rendered {
+            let kind = find(&r.resource.kind)
+                .unwrap_or_else(|| panic!("{} is rendered and not declared", r.describe()));
+            assert!(
+                rendered_by(kind, *owner),
+                "{} is rendered by {owner:?}",
+                r.describe()
+            );
+            assert_eq!(kind.resource(), r.resource, "{}", r.describe());
+            assert_eq!(kind.namespaced, r.object.metadata.namespace.is_some());
+            assert_eq!(kind.cache, Cache::Managed, "{} is cached", r.describe());
+            seen.insert(kind.kind);
+        }
+        // Every declared kind that is rendered (not created once, not only watched) is seen.
+        for kind in KINDS
+            .iter()
+            .filter(|k| k.written() && k.cache == Cache::Managed)
+        {
+            assert!(
+                seen.contains(kind.kind),
+                "{} is declared but never rendered",
+                kind.kind
+            );
+        }
+    }
+
+    #[test]
+    fn kinds_know_their_api_and_scope() {
+        assert_eq!(DEPLOYMENT.resource().api_version, "apps/v1");
+        assert_eq!(NAMESPACE.resource().api_version, "v1");
+        assert_eq!(VOLUME_CLAIM.plural, "persistentvolumeclaims");
+        const { assert!(!NAMESPACE.namespaced) };
+        assert!(
+            KINDS
+                .iter()
+                .filter(|k| k.kind != "Namespace")
+                .all(|k| k.namespaced)
+        );
+        let unique: std::collections::BTreeSet<_> = KINDS.iter().map(|k| k.kind).collect();
+        assert_eq!(unique.len(), KINDS.len(), "one entry per kind");
+    }
+
+    #[test]
+    fn verbs_follow_from_what_is_done_with_a_kind() {
+        assert_eq!(RESOURCE_QUOTA.verbs(), ["list", "watch", "create", "patch"]);
+        assert_eq!(
+            DEPLOYMENT.verbs(),
+            ["list", "watch", "create", "patch", "delete"]
+        );
+        assert_eq!(SECRET.verbs(), ["create", "patch", "delete"]);
+        assert_eq!(
+            NAMESPACE.verbs(),
+            ["get", "list", "watch", "create", "patch", "delete"]
+        );
+        assert_eq!(DEFAULT_SERVICE_ACCOUNT.verbs(), ["list", "watch"]);
+    }
+}

@@ -1,0 +1,122 @@
+//! The namespace an owner manages (a comune's, or a Shared service's): whether it is the owner's
+//! to manage, and, when the owner goes, keeping it with its data or deleting it.
+
+use std::fmt::Debug;
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::{Api, Resource, ResourceExt, runtime::events::EventType};
+use serde::de::DeserializeOwned;
+
+use super::{
+    Context,
+    apply::{Reclaim, apply, delete},
+    error::{During, Error, Step, describe},
+    kinds,
+    object::publish,
+};
+use crate::render::{MANAGED_BY, ORPHANED_LABEL, Rendered};
+
+/// Where an owner's namespace stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NamespaceState {
+    /// It does not exist.
+    Absent,
+    /// It exists and is the owner's.
+    Ours,
+    /// It is the owner's, and being deleted.
+    Terminating,
+    /// It exists and is not the owner's: never touched.
+    Foreign,
+}
+
+/// Whether namespace `ns` exists, and whether it is the owner's to manage: managed by consorzio
+/// and labelled `owner_label=owner`.
+pub async fn namespace_state(
+    ctx: &Context,
+    ns: &str,
+    owner_label: &str,
+    owner: &str,
+) -> Result<NamespaceState, Error> {
+    let ours = |managed: Option<&str>, labelled: Option<&str>| {
+        managed == Some(MANAGED_BY.1) && labelled == Some(owner)
+    };
+    let found = match ctx.caches.get(&kinds::NAMESPACE, None, ns) {
+        Some(n) => Some((
+            ours(n.label(MANAGED_BY.0), n.label(owner_label)),
+            n.deleting(),
+        )),
+        // Not in the cache of managed namespaces: it may still exist, unmanaged.
+        None => Api::<Namespace>::all(ctx.client.clone())
+            .get_opt(ns)
+            .await
+            .during(Step::Read, describe("Namespace", None, ns))?
+            .map(|n| {
+                let label = |key| n.labels().get(key).map(String::as_str);
+                (
+                    ours(label(MANAGED_BY.0), label(owner_label)),
+                    n.metadata.deletion_timestamp.is_some(),
+                )
+            }),
+    };
+    Ok(match found {
+        None => NamespaceState::Absent,
+        Some((false, _)) => NamespaceState::Foreign,
+        Some((true, true)) => NamespaceState::Terminating,
+        Some((true, false)) => NamespaceState::Ours,
+    })
+}
+
+/// The message of a namespace that exists and is not the owner's.
+pub fn conflict_message(ns: &str, owner: &str, instead: &str) -> String {
+    format!(
+        "namespace {ns} already exists and is not managed by consorzio for this {owner}; \
+         it is left untouched. Rename or remove it, or {instead}"
+    )
+}
+
+/// The owner `owner` goes: its namespace `ns` (the owner's) is kept with its data, as
+/// `orphaned` renders it (no owner reference, labelled orphaned), or deleted, as `reclaim`
+/// says; an Event on the owner tells which, and why (`policy`, e.g. `deletionPolicy: Retain`).
+pub async fn release<K>(
+    ctx: &Context,
+    owner: &K,
+    ns: &str,
+    reclaim: Reclaim,
+    orphaned: &Rendered,
+    policy: &str,
+) -> Result<(), Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
+{
+    match reclaim {
+        Reclaim::Retain => {
+            apply(ctx, orphaned).await?;
+            let note = format!(
+                "namespace {ns} and its data are kept, labelled {ORPHANED_LABEL}=true ({policy})"
+            );
+            publish(
+                ctx,
+                owner,
+                EventType::Normal,
+                "NamespaceRetained",
+                "Cleanup",
+                &note,
+            )
+            .await;
+        }
+        Reclaim::Delete => {
+            delete(ctx, &kinds::NAMESPACE, None, ns).await?;
+            let note = format!("deleting namespace {ns} ({policy})");
+            publish(
+                ctx,
+                owner,
+                EventType::Normal,
+                "NamespaceDeleting",
+                "Cleanup",
+                &note,
+            )
+            .await;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,134 @@
+//! A pass of a Shared service: one instance in the namespace `shared-<service>`, and in each
+//! selected comune's namespace an access point and the subscription label.
+
+use std::{
+    collections::BTreeSet,
+    sync::atomic::{AtomicBool, Ordering},
+    time::Duration,
+};
+
+use consorzio_api::{Municipality, SharedService};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::{
+    Api, ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::controller::Action,
+};
+use serde_json::json;
+
+use super::{
+    super::{
+        Context, Error,
+        apply::{SERVICE_MANAGER_PREFIX, apply_all},
+        error::{During, Step, describe},
+        kinds,
+        namespace::{NamespaceState, conflict_message, namespace_state},
+        passes::{Scope, Went},
+    },
+    bounded,
+    credentials::ensure_credentials,
+    observe::instance_state,
+    status::{Summary, entry, finish, summarize_shared, write_status},
+    teardown::{prune, remove_unrendered},
+    went,
+};
+use crate::render::{
+    namespace_name,
+    service::{SERVICE_LABEL, public_url, template_version},
+    shared::{access_url, render_access_point, render_shared, shared_namespace, subscriber_label},
+};
+
+/// A pass over the comuni that `scope` covers, of the comuni that get the service.
+pub async fn reconcile_shared(
+    s: &SharedService,
+    comuni: &[&Municipality],
+    scope: &Scope,
+    ctx: &Context,
+) -> Result<(Action, Went), Error> {
+    let name = s.name_any();
+    let ns = shared_namespace(s);
+    if namespace_state(ctx, &ns, SERVICE_LABEL, &name).await? == NamespaceState::Foreign {
+        let message = conflict_message(&ns, "service", "give the service another name");
+        write_status(s, ctx, Summary::failed("NamespaceConflict", message)).await?;
+        return Ok((Action::requeue(Duration::from_secs(60)), Went::Partly));
+    }
+    let instance =
+        render_shared(s, &ctx.config).map_err(Error::render(format!("SharedService {name}")))?;
+    // The namespace first: everything else lives in it.
+    let (namespace, rest) = instance.split_first().ok_or(Error::Malformed(
+        "a Shared service renders its namespace first",
+    ))?;
+    apply_all(ctx, std::slice::from_ref(namespace)).await?;
+    ensure_credentials(s, &ns, None, ctx).await?;
+    apply_all(ctx, rest).await?;
+    remove_unrendered(s, &ns, &instance, ctx).await?;
+    let version = template_version(s, None);
+    let state = instance_state(s, &ns, &version, ctx);
+
+    // Each comune's entry is reported once its access point is applied, the others' at the end.
+    let url = s.spec.ingress.as_ref().map(|i| public_url(s, &i.host));
+    let report = |i: usize| {
+        let m = comuni[i];
+        let url = url
+            .clone()
+            .or_else(|| Some(access_url(s, &namespace_name(m, &ctx.config))));
+        ctx.report(m, &name, Some(entry(s, state, url, version.clone())));
+    };
+    let wrote = AtomicBool::new(false);
+    let (report_ref, wrote_ref) = (&report, &wrote);
+    let covered = (0..comuni.len()).filter(|&i| scope.covers(&comuni[i].name_any()));
+    bounded(covered, ctx, |i| async move {
+        let m = comuni[i];
+        let rendered = render_access_point(s, m, &ctx.config)
+            .map_err(Error::render(format!("SharedService {}", s.name_any())))?;
+        if apply_all(ctx, &rendered).await? {
+            wrote_ref.store(true, Ordering::Relaxed);
+        }
+        subscribe(s, &namespace_name(m, &ctx.config), true, ctx).await?;
+        report_ref(i);
+        Ok(())
+    })
+    .await?;
+    let mut keep: BTreeSet<String> = comuni
+        .iter()
+        .map(|m| namespace_name(m, &ctx.config))
+        .collect();
+    keep.insert(ns.clone());
+    prune(s, keep, scope, ctx).await?;
+    (0..comuni.len()).for_each(report);
+    let summary = summarize_shared(s, &ns, state);
+    Ok((finish(s, summary, ctx).await?, went(&wrote)))
+}
+
+/// Labels (or unlabels) a comune's namespace as a subscriber of a Shared service, with a merge
+/// patch under the service's own field manager: the Municipality controller's labels stay as they
+/// are, and a namespace that is gone is not created again.
+pub async fn subscribe(s: &SharedService, ns: &str, on: bool, ctx: &Context) -> Result<(), Error> {
+    let label = subscriber_label(s);
+    let has = ctx
+        .caches
+        .get(&kinds::NAMESPACE, None, ns)
+        .is_some_and(|n| n.label(&label) == Some("true"));
+    if has == on {
+        return Ok(());
+    }
+    let value = on.then_some("true");
+    let patch = json!({"metadata": {"labels": {label: value}}});
+    ctx.metrics.wrote("Namespace");
+    let manager = format!("{SERVICE_MANAGER_PREFIX}{}", s.name_any());
+    match Api::<Namespace>::all(ctx.client.clone())
+        .patch(
+            ns,
+            &PatchParams {
+                field_manager: Some(manager),
+                ..Default::default()
+            },
+            &Patch::Merge(&patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(e) => Err(e).during(Step::Subscribe, describe("Namespace", None, ns)),
+    }
+}

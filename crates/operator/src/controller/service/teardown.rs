@@ -1,0 +1,193 @@
+//! What goes when a comune no longer gets a service, when an instance no longer renders an
+//! object, and when the service is deleted. Objects are found by kind (see `kinds`) and by the
+//! service's label; those that hold data (volumes, and the credentials that go with them) are
+//! kept, labelled orphaned, unless the service says `reclaimPolicy: Delete`.
+
+use std::{collections::BTreeSet, sync::Arc};
+
+use consorzio_api::{SharedService, VolumeReclaimPolicy};
+use kube::{Resource, ResourceExt, runtime::controller::Action};
+
+use super::{
+    super::{
+        Cached, Context, Error,
+        apply::{Reclaim, delete, keep, remove, unrendered},
+        kinds::{self, KINDS, Kind, Lifecycle, Owner},
+        namespace::{NamespaceState, namespace_state, release},
+        object::set_finalizer,
+        passes::Scope,
+    },
+    FINALIZER, bounded,
+    observe::has_credentials,
+    shared::subscribe,
+};
+use crate::render::{
+    Rendered, comune_namespace, namespace_name,
+    service::{SERVICE_LABEL, credentials_name, is_dedicated},
+    shared::{render_shared_namespace, shared_namespace, subscriber_label},
+};
+
+/// What the service says becomes of its data.
+fn reclaim(s: &SharedService) -> Reclaim {
+    let policy = s.spec.template.storage.as_ref().map(|st| st.reclaim_policy);
+    match policy.unwrap_or_default() {
+        VolumeReclaimPolicy::Delete => Reclaim::Delete,
+        VolumeReclaimPolicy::Retain => Reclaim::Retain,
+    }
+}
+
+fn is_ours(s: &SharedService) -> impl Fn(&Cached) -> bool {
+    let name = s.name_any();
+    move |obj| obj.label(SERVICE_LABEL) == Some(name.as_str())
+}
+
+/// The service's cached objects in `ns`. In its own namespace, the namespace's isolation (quota,
+/// limits, network policies) is left out: it stays as long as the namespace does.
+fn owned(s: &SharedService, ns: &str, ctx: &Context) -> Vec<(&'static Kind, Arc<Cached>)> {
+    let own_namespace = ns == shared_namespace(s);
+    let ours = is_ours(s);
+    KINDS
+        .iter()
+        .filter(|k| k.namespaced && kinds::rendered_by(k, Owner::Service))
+        .filter(|k| !(own_namespace && k.owner == Owner::Both))
+        .flat_map(|kind| {
+            ctx.caches
+                .in_namespace(kind, ns)
+                .into_iter()
+                .map(move |obj| (kind, obj))
+        })
+        .filter(|(_, obj)| ours(obj))
+        .collect()
+}
+
+/// Removes the service's objects in `ns` that `rendered` (an instance or access point) lacks,
+/// e.g. an Ingress once the service has no ingress. Says whether it removed any.
+pub async fn remove_unrendered(
+    s: &SharedService,
+    ns: &str,
+    rendered: &[Rendered],
+    ctx: &Context,
+) -> Result<bool, Error> {
+    let gone = unrendered(ctx, Owner::Service, ns, is_ours(s), rendered);
+    for (kind, obj) in &gone {
+        remove(ctx, kind, obj, reclaim(s)).await?;
+    }
+    Ok(!gone.is_empty())
+}
+
+/// Removes what the service has in namespaces other than `keep` (comuni that no longer get it,
+/// or every one when the service goes). Looks only at the comuni that `scope` covers.
+pub async fn prune(
+    s: &SharedService,
+    keep: BTreeSet<String>,
+    scope: &Scope,
+    ctx: &Context,
+) -> Result<(), Error> {
+    let name = s.name_any();
+    let leaving: Vec<String> = namespaces_in_use(s, scope, ctx)
+        .difference(&keep)
+        .cloned()
+        .collect();
+    bounded(leaving, ctx, |ns| async move {
+        remove_instance(s, &ns, ctx).await
+    })
+    .await?;
+    // Comuni that no longer get the service no longer list it.
+    for m in ctx.caches.municipalities.state() {
+        if let Ok(m) = &m.0
+            && scope.covers(m.meta().name.as_deref().unwrap_or_default())
+            && !keep.contains(&namespace_name(m, &ctx.config))
+        {
+            ctx.report(m, &name, None);
+        }
+    }
+    Ok(())
+}
+
+/// The namespaces where the service has something: instances, access points, subscriptions.
+/// A pass over the comuni that changed looks only in theirs: the others have not changed since
+/// a pass that left them as they should be.
+fn namespaces_in_use(s: &SharedService, scope: &Scope, ctx: &Context) -> BTreeSet<String> {
+    let label = subscriber_label(s);
+    let subscribed = |ns: &str| {
+        ctx.caches
+            .get(&kinds::NAMESPACE, None, ns)
+            .is_some_and(|n| n.label(&label).is_some())
+    };
+    if let Scope::Changed(comuni) = scope {
+        return comuni
+            .iter()
+            .map(|c| comune_namespace(c, &ctx.config))
+            .filter(|ns| subscribed(ns) || !owned(s, ns, ctx).is_empty())
+            .collect();
+    }
+    let ours = is_ours(s);
+    let mut found: BTreeSet<String> = KINDS
+        .iter()
+        .filter(|k| k.namespaced && kinds::rendered_by(k, Owner::Service))
+        .flat_map(|kind| ctx.caches.all(kind))
+        .filter(|obj| ours(obj))
+        .filter_map(|obj| obj.namespace().map(str::to_string))
+        .collect();
+    for n in ctx.caches.all(&kinds::NAMESPACE) {
+        if n.label(&label).is_some() {
+            found.insert(n.name().to_string());
+        }
+    }
+    found
+}
+
+/// Removes the service's instance or access point from `ns`: its data first (while the
+/// Deployment still says whether credentials were made), then its other objects and the
+/// subscription.
+async fn remove_instance(s: &SharedService, ns: &str, ctx: &Context) -> Result<(), Error> {
+    let reclaim = reclaim(s);
+    let (data, rest): (Vec<_>, Vec<_>) = owned(s, ns, ctx)
+        .into_iter()
+        .partition(|(kind, _)| kind.lifecycle == Lifecycle::Data);
+    // The credentials go with the data: kept when a volume is, deleted otherwise.
+    if has_credentials(s, ns, ctx) {
+        let secret = credentials_name(s);
+        if reclaim == Reclaim::Retain && !data.is_empty() {
+            keep(ctx, &kinds::SECRET, Some(ns), &secret).await?;
+        } else {
+            delete(ctx, &kinds::SECRET, Some(ns), &secret).await?;
+        }
+    }
+    for (kind, obj) in data.iter().chain(&rest) {
+        remove(ctx, kind, obj, reclaim).await?;
+    }
+    subscribe(s, ns, false, ctx).await
+}
+
+/// The service is being deleted: every instance and access point goes, volumes kept as the
+/// service says; a shared namespace that holds kept data stays, no longer owned.
+pub async fn cleanup(s: &SharedService, ctx: &Context) -> Result<Action, Error> {
+    if !s.finalizers().iter().any(|f| f == FINALIZER) {
+        return Ok(Action::await_change());
+    }
+    let name = s.name_any();
+    let ns = shared_namespace(s);
+    // Read before the prune, which un-manages a kept volume and so drops it from the cache.
+    let keeps_data = !is_dedicated(s)
+        && reclaim(s) == Reclaim::Retain
+        && owned(s, &ns, ctx)
+            .iter()
+            .any(|(kind, _)| kind.lifecycle == Lifecycle::Data);
+    prune(s, BTreeSet::new(), &Scope::Whole, ctx).await?;
+    if !is_dedicated(s)
+        && namespace_state(ctx, &ns, SERVICE_LABEL, &name).await? == NamespaceState::Ours
+    {
+        let orphaned = Rendered::new(&render_shared_namespace(s, true))
+            .map_err(Error::render(format!("SharedService {name}")))?;
+        let (reclaim, policy) = match reclaim(s) {
+            Reclaim::Retain if keeps_data => (Reclaim::Retain, "reclaimPolicy: Retain"),
+            Reclaim::Retain => (Reclaim::Delete, "it holds no data to keep"),
+            Reclaim::Delete => (Reclaim::Delete, "reclaimPolicy: Delete"),
+        };
+        release(ctx, s, &ns, reclaim, &orphaned, policy).await?;
+    }
+    set_finalizer(s, FINALIZER, false, ctx).await?;
+    ctx.metrics.forget_service(&name);
+    Ok(Action::await_change())
+}
