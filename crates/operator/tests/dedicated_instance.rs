@@ -12,6 +12,7 @@ use k8s_openapi::api::{
     apps::v1::Deployment,
     core::v1::{PersistentVolumeClaim, ResourceQuota, Secret},
     networking::v1::Ingress,
+    policy::v1::PodDisruptionBudget,
 };
 use kube::{Api, ResourceExt};
 use serde_json::json;
@@ -315,7 +316,8 @@ async fn an_instance_that_does_not_fit_the_quota_is_reported() {
 
 /// Strings that read as the same quantity are different values outside quantity fields (a
 /// template's env value from "1000" to "1k" is applied), and what an instance no longer renders
-/// goes (its Ingress, once the service has none).
+/// goes (its Ingress, once the service has none; its PodDisruptionBudget, once it runs one
+/// replica again).
 #[tokio::test]
 async fn a_changed_value_is_applied_even_as_the_same_quantity_and_unrendered_objects_go() {
     let _one = exclusive().await;
@@ -356,6 +358,20 @@ async fn a_changed_value_is_applied_even_as_the_same_quantity_and_unrendered_obj
         })
         .await?;
         wait_gone(&env.api::<Ingress>(&a_ns), &name, TIMEOUT).await?;
+
+        let budgets = env.api::<PodDisruptionBudget>(&a_ns);
+        s.spec.overrides.insert(
+            a_name.clone(),
+            serde_json::from_value(json!({"replicas": 2}))?,
+        );
+        apply_service(&env, &s).await?;
+        wait_for("a disruption budget for 2 replicas", TIMEOUT, || async {
+            Ok(budgets.get(&name).await?)
+        })
+        .await?;
+        s.spec.overrides.clear();
+        apply_service(&env, &s).await?;
+        wait_gone(&budgets, &name, TIMEOUT).await?;
 
         remove_service(&env, &name).await?;
         remove(&env, &a_name).await?;

@@ -10,6 +10,7 @@ use k8s_openapi::api::{
         ServiceAccount,
     },
     networking::v1::{Ingress, NetworkPolicy},
+    policy::v1::PodDisruptionBudget,
     rbac::v1::RoleBinding,
 };
 use kube::core::ApiResource;
@@ -168,6 +169,9 @@ pub const INGRESS: Kind = Kind::typed::<Ingress>(Owner::Service, Lifecycle::Prun
 /// An instance's settings, or a comune's connection settings.
 pub const CONFIG_MAP: Kind =
     Kind::typed::<ConfigMap>(Owner::Service, Lifecycle::Pruned, Cache::Managed);
+/// Keeps an instance of several replicas serving through voluntary disruptions (node drains).
+pub const POD_DISRUPTION_BUDGET: Kind =
+    Kind::typed::<PodDisruptionBudget>(Owner::Service, Lifecycle::Pruned, Cache::Managed);
 /// An instance's data.
 pub const VOLUME_CLAIM: Kind =
     Kind::typed::<PersistentVolumeClaim>(Owner::Service, Lifecycle::Data, Cache::Managed);
@@ -189,6 +193,7 @@ pub const KINDS: &[Kind] = &[
     SERVICE,
     INGRESS,
     CONFIG_MAP,
+    POD_DISRUPTION_BUDGET,
     VOLUME_CLAIM,
     SECRET,
     DEFAULT_SERVICE_ACCOUNT,

@@ -18,6 +18,7 @@ use k8s_openapi::{
             HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule,
             IngressServiceBackend, IngressSpec, IngressTLS, ServiceBackendPort,
         },
+        policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec},
     },
     apimachinery::pkg::{apis::meta::v1::LabelSelector, util::intstr::IntOrString},
 };
@@ -319,6 +320,21 @@ pub(crate) fn render_instance(
         ..Default::default()
     };
     out.push(Rendered::new(&deployment)?);
+    // Several replicas: a node drain takes one at a time, so the instance keeps serving.
+    if replicas > 1 {
+        out.push(Rendered::new(&PodDisruptionBudget {
+            metadata: meta(name.clone(), ns, labels.clone()),
+            spec: Some(PodDisruptionBudgetSpec {
+                max_unavailable: Some(IntOrString::Int(1)),
+                selector: Some(LabelSelector {
+                    match_labels: Some(selector.clone()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })?);
+    }
     out.push(Rendered::new(&Service {
         metadata: meta(name.clone(), ns, labels.clone()),
         spec: Some(ServiceSpec {
@@ -719,6 +735,31 @@ spec:
             template_version(&s, Some("vische"))
         );
         assert!(template_version(&s, None).starts_with("6.6.2-apache-"));
+    }
+
+    #[test]
+    fn an_instance_of_several_replicas_keeps_one_through_a_drain() {
+        let s = service(SITO);
+        let kinds = |name: &str| -> Vec<String> {
+            render_dedicated(&s, &comune(name, "x"), &Config::default())
+                .unwrap()
+                .iter()
+                .map(|r| r.resource.kind.clone())
+                .collect()
+        };
+        assert!(!kinds("vische").contains(&"PodDisruptionBudget".to_string()));
+        let perosa = render_dedicated(&s, &comune("perosa", "x"), &Config::default()).unwrap();
+        let pdb = perosa
+            .iter()
+            .find(|r| r.resource.kind == "PodDisruptionBudget")
+            .expect("perosa runs 3 replicas");
+        let pdb = serde_json::to_value(&pdb.object).unwrap();
+        assert_eq!(pdb["spec"]["maxUnavailable"], 1);
+        let deployment = serde_json::to_value(&perosa[1].object).unwrap();
+        assert_eq!(
+            pdb["spec"]["selector"], deployment["spec"]["selector"],
+            "it covers the instance's pods"
+        );
     }
 
     #[test]
