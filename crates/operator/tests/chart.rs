@@ -152,6 +152,15 @@ fn crds_and_deploy_are_what_they_are_generated_from() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The strings of a list in a rule (`verbs`, `resources`…).
+fn strings(list: &Value) -> Vec<String> {
+    list.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str().map(str::to_string))
+        .collect()
+}
+
 #[test]
 fn operator_role_has_no_wildcards_and_binds_only_tenant_roles() -> anyhow::Result<()> {
     let docs = template("consorzio", "consorzio", &[])?;
@@ -160,14 +169,7 @@ fn operator_role_has_no_wildcards_and_binds_only_tenant_roles() -> anyhow::Resul
         .find(|d| d["kind"] == "ClusterRole" && d["metadata"]["name"] == "consorzio-operator")
         .context("the operator's ClusterRole")?;
     for rule in role["rules"].as_array().context("rules")? {
-        let list = |field: &str| -> Vec<String> {
-            rule[field]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|v| v.as_str().map(str::to_string))
-                .collect()
-        };
+        let list = |field: &str| strings(&rule[field]);
         let (verbs, resources) = (list("verbs"), list("resources"));
         for word in verbs.iter().chain(&resources).chain(&list("apiGroups")) {
             ensure!(word != "*", "wildcard in {rule}");
@@ -205,14 +207,7 @@ fn operator_role_grants_exactly_what_the_declared_kinds_need() -> anyhow::Result
         .context("the operator's ClusterRole")?;
     let mut granted: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
     for rule in role["rules"].as_array().context("rules")? {
-        let list = |field: &str| -> Vec<String> {
-            rule[field]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|v| v.as_str().map(str::to_string))
-                .collect()
-        };
+        let list = |field: &str| strings(&rule[field]);
         for group in list("apiGroups") {
             for resource in list("resources") {
                 granted
