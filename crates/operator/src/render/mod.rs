@@ -1,8 +1,12 @@
 //! Pure functions from custom resources to the Kubernetes objects that should exist for them.
 //! No I/O: the controllers apply what these return, and `consorzio render` prints it.
 
+#[cfg(test)]
+mod fixtures;
+pub mod instance;
 pub mod municipality;
 mod network;
+pub mod selection;
 pub mod service;
 pub mod shared;
 pub mod template;

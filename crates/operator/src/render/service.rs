@@ -1,35 +1,18 @@
 //! What a SharedService becomes in a comune's namespace (Dedicated tenancy): the application's
-//! Deployment, Service, Ingress, volume claim and settings.
+//! Deployment, Service, Ingress, volume claim and settings (see `instance`), filled in for the
+//! comune; and what identifies a service's objects.
 
 use std::collections::BTreeMap;
 
 use consorzio_api::{Municipality, SharedService, Tenancy};
-use k8s_openapi::{
-    api::{
-        apps::v1::{Deployment, DeploymentSpec},
-        core::v1::{
-            Capabilities, ConfigMap, ConfigMapEnvSource, Container, ContainerPort, EnvFromSource,
-            EnvVar, HTTPGetAction, PersistentVolumeClaim, PersistentVolumeClaimSpec,
-            PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-            SeccompProfile, SecretEnvSource, SecurityContext, Service, ServicePort, ServiceSpec,
-            Volume, VolumeMount, VolumeResourceRequirements,
-        },
-        networking::v1::{
-            HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule,
-            IngressServiceBackend, IngressSpec, IngressTLS, ServiceBackendPort,
-        },
-        policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec},
-    },
-    apimachinery::pkg::{apis::meta::v1::LabelSelector, util::intstr::IntOrString},
-};
-use kube::{
-    ResourceExt,
-    core::{Expression, ObjectMeta, Selector},
-};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{ResourceExt, core::ObjectMeta};
 
+pub use super::selection::{Selection, selects};
 use super::{
     Config, MANAGED_BY, MUNICIPALITY_LABEL, Rendered,
-    municipality::{municipality_label, namespace_name},
+    instance::{Instance, public_url, render_instance},
+    municipality::namespace_name,
     template::{TemplateError, fill},
 };
 
@@ -40,8 +23,6 @@ pub const VERSION_ANNOTATION: &str = "consorzio.io/version";
 /// On an instance's Deployment: the name of its generated credentials Secret, which exists
 /// (the Secret is created before the Deployment is applied).
 pub const CREDENTIALS_ANNOTATION: &str = "consorzio.io/credentials";
-/// User and group the application runs as: never root.
-const APP_UID: i64 = 10001;
 
 /// Why a service cannot be rendered for a comune.
 #[derive(Debug, thiserror::Error)]
@@ -57,59 +38,6 @@ pub enum ServiceRenderError {
     /// An object could not be serialized.
     #[error("cannot serialize an object")]
     Json(#[from] serde_json::Error),
-}
-
-/// Whether a service is offered to a comune: named in `municipalities.names`, or matching
-/// `municipalities.selector` on the Municipality's labels plus those derived from its spec
-/// (`consorzio.io/union`, `consorzio.io/country`, ...).
-pub fn selects(s: &SharedService, m: &Municipality) -> bool {
-    Selection::new(s).matches(m)
-}
-
-/// A service's choice of comuni, read once to be matched against many.
-#[derive(Debug)]
-pub struct Selection<'a> {
-    names: &'a [String],
-    /// `None`: no selector. `Some(None)`: a malformed one (the API server refuses them; should
-    /// one get through, it selects nothing).
-    selector: Option<Option<Vec<Expression>>>,
-}
-
-impl<'a> Selection<'a> {
-    pub fn new(s: &'a SharedService) -> Self {
-        let selection = &s.spec.municipalities;
-        Selection {
-            names: &selection.names,
-            selector: selection.selector.as_ref().map(|sel| {
-                Selector::try_from(sel.clone())
-                    .ok()
-                    .map(|sel| sel.into_iter().collect())
-            }),
-        }
-    }
-
-    /// Whether the comune is chosen. Its labels are looked up one by one, as the selector asks
-    /// for them: building them all for every comune of every pass took a tenth of the operator's
-    /// CPU in a cold start of 1,000 comuni.
-    pub fn matches(&self, m: &Municipality) -> bool {
-        let name = m.metadata.name.as_deref().unwrap_or_default();
-        if self.names.iter().any(|n| n == name) {
-            return true;
-        }
-        let Some(Some(selector)) = &self.selector else {
-            return false;
-        };
-        // The labels derived from the spec take precedence over the Municipality's own.
-        let label = |key: &str| municipality_label(m, key).or_else(|| m.labels().get(key).cloned());
-        selector.iter().all(|expression| match expression {
-            Expression::In(key, values) => label(key).is_some_and(|v| values.contains(&v)),
-            Expression::NotIn(key, values) => label(key).is_none_or(|v| !values.contains(&v)),
-            Expression::Equal(key, value) => label(key).as_ref() == Some(value),
-            Expression::NotEqual(key, value) => label(key).as_ref() != Some(value),
-            Expression::Exists(key) => label(key).is_some(),
-            Expression::DoesNotExist(key) => label(key).is_none(),
-        })
-    }
 }
 
 /// A short, stable fingerprint of everything in the template that changes the pods: the
@@ -240,300 +168,11 @@ pub fn render_dedicated(
     Ok(render_instance(s, instance, config)?)
 }
 
-/// Where an instance runs and what it is given: a Dedicated instance is a comune's, a Shared one
-/// (`municipality: None`) serves every selected comune.
-pub(crate) struct Instance {
-    pub namespace: String,
-    pub municipality: Option<String>,
-    pub env: BTreeMap<String, String>,
-    pub host: Option<String>,
-    pub replicas: i32,
-    pub resources: Option<k8s_openapi::api::core::v1::ResourceRequirements>,
-    pub version: String,
-}
-
 /// The URL of a comune's Dedicated instance (its `CONSORZIO_URL`), when the service has an
 /// ingress and its host renders for the comune.
 pub fn instance_url(s: &SharedService, m: &Municipality, config: &Config) -> Option<String> {
     let host = fill(&s.spec.ingress.as_ref()?.host, m, config).ok()?;
     Some(public_url(s, &host))
-}
-
-/// The URL of a service behind its ingress host.
-pub(crate) fn public_url(s: &SharedService, host: &str) -> String {
-    let tls = s
-        .spec
-        .ingress
-        .as_ref()
-        .is_some_and(|i| i.tls_secret_name.is_some());
-    format!("{}://{host}", if tls { "https" } else { "http" })
-}
-
-/// The settings ConfigMap, Deployment, Service, Ingress and volume claim of an instance.
-pub(crate) fn render_instance(
-    s: &SharedService,
-    i: Instance,
-    config: &Config,
-) -> Result<Vec<Rendered>, serde_json::Error> {
-    let t = &s.spec.template;
-    let ns = &i.namespace;
-    let name = s.name_any();
-    let labels = labels(s, i.municipality.as_deref());
-    let replicas = if s.spec.suspended { 0 } else { i.replicas };
-
-    let mut settings = BTreeMap::from([("CONSORZIO_SERVICE".to_string(), name.clone())]);
-    if let Some(comune) = &i.municipality {
-        settings.insert("CONSORZIO_MUNICIPALITY".into(), comune.clone());
-    }
-    if let Some(host) = &i.host {
-        settings.insert("CONSORZIO_URL".into(), public_url(s, host));
-    }
-    let settings_map = ConfigMap {
-        metadata: meta(settings_name(s), ns, labels.clone()),
-        data: Some(settings),
-        ..Default::default()
-    };
-
-    let mut out = vec![Rendered::new(&settings_map)?];
-    let mut selector = BTreeMap::from([(SERVICE_LABEL.to_string(), name.clone())]);
-    if let Some(comune) = &i.municipality {
-        selector.insert(MUNICIPALITY_LABEL.to_string(), comune.clone());
-    }
-    let deployment = Deployment {
-        metadata: ObjectMeta {
-            annotations: Some(BTreeMap::from([
-                (VERSION_ANNOTATION.into(), i.version.clone()),
-                (CREDENTIALS_ANNOTATION.into(), credentials_name(s)),
-            ])),
-            ..meta(name.clone(), ns, labels.clone())
-        },
-        spec: Some(DeploymentSpec {
-            replicas: Some(replicas),
-            progress_deadline_seconds: Some(s.spec.rollout.progress_deadline_seconds),
-            selector: LabelSelector {
-                match_labels: Some(selector.clone()),
-                ..Default::default()
-            },
-            template: pod_template(s, &labels, &i.version, i.env, i.resources, config),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    out.push(Rendered::new(&deployment)?);
-    // Several replicas: a node drain takes one at a time, so the instance keeps serving.
-    if replicas > 1 {
-        out.push(Rendered::new(&PodDisruptionBudget {
-            metadata: meta(name.clone(), ns, labels.clone()),
-            spec: Some(PodDisruptionBudgetSpec {
-                max_unavailable: Some(IntOrString::Int(1)),
-                selector: Some(LabelSelector {
-                    match_labels: Some(selector.clone()),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })?);
-    }
-    out.push(Rendered::new(&Service {
-        metadata: meta(name.clone(), ns, labels.clone()),
-        spec: Some(ServiceSpec {
-            selector: Some(selector),
-            ports: Some(vec![ServicePort {
-                name: Some("http".into()),
-                port: t.port,
-                target_port: Some(IntOrString::Int(t.port)),
-                ..Default::default()
-            }]),
-            ..Default::default()
-        }),
-        ..Default::default()
-    })?);
-    if let (Some(ingress), Some(host)) = (&s.spec.ingress, i.host) {
-        out.push(Rendered::new(&render_ingress(
-            &name, ns, &labels, ingress, host, t.port,
-        ))?);
-    }
-    if let Some(storage) = &t.storage {
-        out.push(Rendered::new(&PersistentVolumeClaim {
-            metadata: meta(volume_name(s), ns, labels.clone()),
-            spec: Some(PersistentVolumeClaimSpec {
-                access_modes: Some(vec!["ReadWriteOnce".into()]),
-                resources: Some(VolumeResourceRequirements {
-                    requests: Some(BTreeMap::from([("storage".into(), storage.size.clone())])),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })?);
-    }
-    Ok(out)
-}
-
-fn render_ingress(
-    name: &str,
-    ns: &str,
-    labels: &BTreeMap<String, String>,
-    ingress: &consorzio_api::IngressTemplate,
-    host: String,
-    port: i32,
-) -> Ingress {
-    Ingress {
-        metadata: meta(name.to_string(), ns, labels.clone()),
-        spec: Some(IngressSpec {
-            ingress_class_name: ingress.class_name.clone(),
-            tls: ingress.tls_secret_name.as_ref().map(|secret| {
-                vec![IngressTLS {
-                    hosts: Some(vec![host.clone()]),
-                    secret_name: Some(secret.clone()),
-                }]
-            }),
-            rules: Some(vec![IngressRule {
-                host: Some(host),
-                http: Some(HTTPIngressRuleValue {
-                    paths: vec![HTTPIngressPath {
-                        path: Some("/".into()),
-                        path_type: "Prefix".into(),
-                        backend: IngressBackend {
-                            service: Some(IngressServiceBackend {
-                                name: name.to_string(),
-                                port: Some(ServiceBackendPort {
-                                    number: Some(port),
-                                    ..Default::default()
-                                }),
-                            }),
-                            ..Default::default()
-                        },
-                    }],
-                }),
-            }]),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-/// The application's pod: admitted under Pod Security `restricted` (non-root, no privilege
-/// escalation, no capabilities, RuntimeDefault seccomp).
-fn pod_template(
-    s: &SharedService,
-    labels: &BTreeMap<String, String>,
-    version: &str,
-    env: BTreeMap<String, String>,
-    resources: Option<k8s_openapi::api::core::v1::ResourceRequirements>,
-    config: &Config,
-) -> PodTemplateSpec {
-    let t = &s.spec.template;
-    let name = s.name_any();
-    let probe = t.probes.as_ref().map(|p| Probe {
-        http_get: Some(HTTPGetAction {
-            path: Some(p.path.clone()),
-            port: IntOrString::Int(p.port.unwrap_or(t.port)),
-            ..Default::default()
-        }),
-        period_seconds: Some(10),
-        ..Default::default()
-    });
-    let (volumes, mounts) = match &t.storage {
-        Some(storage) => (
-            Some(vec![Volume {
-                name: "data".into(),
-                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
-                    claim_name: volume_name(s),
-                    read_only: None,
-                }),
-                ..Default::default()
-            }]),
-            Some(vec![VolumeMount {
-                name: "data".into(),
-                mount_path: storage.mount_path.clone(),
-                ..Default::default()
-            }]),
-        ),
-        None => (None, None),
-    };
-    let non_empty = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
-    PodTemplateSpec {
-        metadata: Some(ObjectMeta {
-            labels: Some(labels.clone()),
-            annotations: Some(BTreeMap::from([(
-                VERSION_ANNOTATION.into(),
-                version.into(),
-            )])),
-            ..Default::default()
-        }),
-        spec: Some(PodSpec {
-            security_context: Some(PodSecurityContext {
-                run_as_non_root: Some(true),
-                run_as_user: Some(APP_UID),
-                run_as_group: Some(APP_UID),
-                fs_group: Some(APP_UID),
-                seccomp_profile: Some(SeccompProfile {
-                    type_: "RuntimeDefault".into(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            tolerations: (!config.pod_tolerations.is_empty())
-                .then(|| config.pod_tolerations.clone()),
-            automount_service_account_token: Some(false),
-            containers: vec![Container {
-                name: name.clone(),
-                image: Some(t.image.clone()),
-                command: non_empty(&t.command),
-                args: non_empty(&t.args),
-                ports: Some(vec![ContainerPort {
-                    name: Some("http".into()),
-                    container_port: t.port,
-                    ..Default::default()
-                }]),
-                env: (!env.is_empty()).then(|| {
-                    env.into_iter()
-                        .map(|(name, value)| EnvVar {
-                            name,
-                            value: Some(value),
-                            value_from: None,
-                        })
-                        .collect()
-                }),
-                env_from: Some(vec![
-                    EnvFromSource {
-                        config_map_ref: Some(ConfigMapEnvSource {
-                            name: settings_name(s),
-                            optional: None,
-                        }),
-                        ..Default::default()
-                    },
-                    EnvFromSource {
-                        secret_ref: Some(SecretEnvSource {
-                            name: credentials_name(s),
-                            optional: Some(true),
-                        }),
-                        ..Default::default()
-                    },
-                ]),
-                resources,
-                readiness_probe: probe.clone(),
-                liveness_probe: probe.map(|p| Probe {
-                    failure_threshold: Some(6),
-                    ..p
-                }),
-                security_context: Some(SecurityContext {
-                    allow_privilege_escalation: Some(false),
-                    capabilities: Some(Capabilities {
-                        drop: Some(vec!["ALL".into()]),
-                        add: None,
-                    }),
-                    ..Default::default()
-                }),
-                volume_mounts: mounts,
-                ..Default::default()
-            }],
-            volumes,
-            ..Default::default()
-        }),
-    }
 }
 
 /// How many of `total` comuni may be updating at once (a rollout's wave).
@@ -560,110 +199,8 @@ pub fn is_dedicated(s: &SharedService) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
-
     use super::*;
-
-    fn service(yaml: &str) -> SharedService {
-        serde_yaml::from_str(yaml).unwrap()
-    }
-
-    fn comune(name: &str, union: &str) -> Municipality {
-        serde_yaml::from_str(&format!(
-            "apiVersion: consorzio.io/v1alpha1\nkind: Municipality\nmetadata: {{name: {name}, labels: {{area: canavese}}}}\n\
-             spec: {{displayName: {name}, country: IT, istatCode: \"001185\", belfioreCode: G462, province: TO, region: Piemonte, union: {union}}}\n"
-        ))
-        .unwrap()
-    }
-
-    const SITO: &str = r#"
-apiVersion: consorzio.io/v1alpha1
-kind: SharedService
-metadata: {name: sito}
-spec:
-  displayName: Sito
-  tenancy: Dedicated
-  municipalities: {selector: {matchLabels: {consorzio.io/union: canavese-digitale}}}
-  template:
-    image: docker.io/library/wordpress:6.6.2-apache
-    port: 8080
-    env: [{name: TITLE, value: "Comune di {{ municipality.displayName }}"}]
-    probes: {path: /healthz}
-    storage: {size: 5Gi, mountPath: /data}
-  ingress: {host: "{{ municipality.name }}.comuni.example.it", tlsSecretName: wildcard}
-  overrides:
-    perosa: {replicas: 3, env: {TITLE: "Perosa!"}}
-"#;
-
-    #[test]
-    fn selection_by_union_label_names_and_expressions() {
-        let s = service(SITO);
-        assert!(selects(&s, &comune("perosa", "canavese-digitale")));
-        assert!(!selects(&s, &comune("vische", "altro")));
-        let mut by_name = s.clone();
-        by_name.spec.municipalities.selector = None;
-        by_name.spec.municipalities.names = vec!["vische".into()];
-        assert!(selects(&by_name, &comune("vische", "altro")));
-        let mut by_expression = s.clone();
-        by_expression.spec.municipalities.selector = Some(LabelSelector {
-            match_expressions: Some(vec![LabelSelectorRequirement {
-                key: "area".into(),
-                operator: "In".into(),
-                values: Some(vec!["canavese".into()]),
-            }]),
-            ..Default::default()
-        });
-        assert!(
-            selects(&by_expression, &comune("vische", "altro")),
-            "the Municipality's own labels count"
-        );
-    }
-
-    #[test]
-    fn selection_matches_as_a_selector_on_all_the_comune_labels_would() {
-        use kube::core::SelectorExt;
-        let requirement = |key: &str, operator: &str, values: &[&str]| LabelSelectorRequirement {
-            key: key.into(),
-            operator: operator.into(),
-            values: Some(values.iter().map(|v| v.to_string()).collect()),
-        };
-        let requirements = [
-            requirement("consorzio.io/union", "In", &["canavese-digitale", "x"]),
-            requirement("consorzio.io/union", "NotIn", &["canavese-digitale"]),
-            requirement("consorzio.io/region", "In", &["piemonte"]),
-            requirement("consorzio.io/canton", "NotIn", &["TI"]),
-            requirement("area", "In", &["canavese"]),
-            requirement("area", "Exists", &[]),
-            requirement("consorzio.io/canton", "Exists", &[]),
-            requirement("consorzio.io/canton", "DoesNotExist", &[]),
-            requirement("consorzio.io/country", "DoesNotExist", &[]),
-        ];
-        let mut s = service(SITO);
-        let comuni = [
-            comune("perosa", "canavese-digitale"),
-            comune("vische", "altro"),
-        ];
-        for (i, first) in requirements.iter().enumerate() {
-            for second in &requirements[i..] {
-                let selector = LabelSelector {
-                    match_expressions: Some(vec![first.clone(), second.clone()]),
-                    match_labels: Some([("consorzio.io/country".into(), "IT".into())].into()),
-                };
-                s.spec.municipalities.selector = Some(selector.clone());
-                let reference = Selector::try_from(selector).unwrap();
-                for m in &comuni {
-                    let mut labels = m.labels().clone();
-                    labels.extend(crate::render::municipality_labels(m));
-                    assert_eq!(
-                        selects(&s, m),
-                        reference.matches(&labels),
-                        "{} with {first:?} and {second:?}",
-                        m.name_any()
-                    );
-                }
-            }
-        }
-    }
+    use crate::render::fixtures::{SITO, comune, service};
 
     #[test]
     fn dedicated_instance_lives_in_the_comune_namespace_with_its_own_host() {

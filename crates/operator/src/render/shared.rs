@@ -22,13 +22,13 @@ use k8s_openapi::{
 use kube::{ResourceExt, core::ObjectMeta};
 
 use super::{
-    Config, MANAGED_BY, ORPHANED_LABEL, Rendered, managed_meta,
+    Config, MANAGED_BY, ORPHANED_LABEL, Rendered,
+    instance::{Instance, public_url, render_instance},
+    managed_meta,
     municipality::{namespace_name, pod_security_restricted, render_limit_range},
     network::render_network_policies,
     owner_reference,
-    service::{
-        Instance, SERVICE_LABEL, labels, meta, public_url, render_instance, template_version,
-    },
+    service::{SERVICE_LABEL, labels, meta, template_version},
 };
 
 /// Prefix of the label a comune's namespace carries for each Shared service it subscribes to,

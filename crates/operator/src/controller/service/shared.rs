@@ -33,8 +33,9 @@ use super::{
     went,
 };
 use crate::render::{
+    instance::public_url,
     namespace_name,
-    service::{SERVICE_LABEL, public_url, template_version},
+    service::{SERVICE_LABEL, template_version},
     shared::{access_url, render_access_point, render_shared, shared_namespace, subscriber_label},
 };
 
