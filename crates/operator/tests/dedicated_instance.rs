@@ -10,7 +10,7 @@ use consorzio_api::SharedService;
 use consorzio_testkit::{Env, TIMEOUT, run, unique_name, wait_for, wait_gone};
 use k8s_openapi::api::{
     apps::v1::Deployment,
-    core::v1::{PersistentVolumeClaim, ResourceQuota, Secret},
+    core::v1::{Namespace, PersistentVolumeClaim, ResourceQuota, Secret},
     networking::v1::Ingress,
     policy::v1::PodDisruptionBudget,
 };
@@ -315,7 +315,7 @@ async fn an_instance_that_does_not_fit_the_quota_is_reported() {
 }
 
 /// Strings that read as the same quantity are different values outside quantity fields (a
-/// template's env value from "1000" to "1k" is applied), and what an instance no longer renders
+/// comune's union label from "1000" to "1k" is applied), and what an instance no longer renders
 /// goes (its Ingress, once the service has none; its PodDisruptionBudget, once it runs one
 /// replica again).
 #[tokio::test]
@@ -323,12 +323,10 @@ async fn a_changed_value_is_applied_even_as_the_same_quantity_and_unrendered_obj
     let _one = exclusive().await;
     run(|env: Env| async move {
         let op = Operator::start(&env).await?;
-        let (a_name, a_ns) = onboard(&env, &comune()).await?;
+        let mut a = comune();
+        a.spec.union = Some("1000".into());
+        let (a_name, a_ns) = onboard(&env, &a).await?;
         let mut s = catalogue_service("sito-comunale", json!({"names": [a_name]}))?;
-        s.spec.template.env.push(consorzio_api::EnvVar {
-            name: "UPLOAD_LIMIT".into(),
-            value: "1000".into(),
-        });
         let name = s.name_any();
         apply_service(&env, &s).await?;
         wait_status(&env, &name, "1 instance Ready", |st| {
@@ -337,26 +335,20 @@ async fn a_changed_value_is_applied_even_as_the_same_quantity_and_unrendered_obj
         .await?;
         env.api::<Ingress>(&a_ns).get(&name).await?;
 
-        let last = s.spec.template.env.len() - 1;
-        s.spec.template.env[last].value = "1k".into();
-        s.spec.ingress = None;
-        apply_service(&env, &s).await?;
-        let deployments = env.api::<Deployment>(&a_ns);
-        wait_for("the new value in the instance", TIMEOUT, || async {
-            let d = deployments.get(&name).await?;
-            let value = d
-                .spec
-                .and_then(|s| s.template.spec)
-                .and_then(|p| p.containers.into_iter().next())
-                .and_then(|c| c.env)
-                .unwrap_or_default()
-                .into_iter()
-                .find(|e| e.name == "UPLOAD_LIMIT")
-                .and_then(|e| e.value);
-            ensure!(value.as_deref() == Some("1k"), "UPLOAD_LIMIT={value:?}");
+        // Outside the template (whose changes are new versions, applied anyway): the namespace's
+        // label, and the service's ingress.
+        a.spec.union = Some("1k".into());
+        support::apply(&env, &a).await?;
+        let namespaces = Api::<Namespace>::all(env.client());
+        wait_for("the new union on the namespace", TIMEOUT, || async {
+            let ns = namespaces.get(&a_ns).await?;
+            let union = ns.labels().get("consorzio.io/union").cloned();
+            ensure!(union.as_deref() == Some("1k"), "union {union:?}");
             Ok(())
         })
         .await?;
+        s.spec.ingress = None;
+        apply_service(&env, &s).await?;
         wait_gone(&env.api::<Ingress>(&a_ns), &name, TIMEOUT).await?;
 
         let budgets = env.api::<PodDisruptionBudget>(&a_ns);

@@ -11,6 +11,7 @@ use std::{
 use kube::{
     Api, ResourceExt,
     api::{DeleteParams, DynamicObject, Patch, PatchParams},
+    core::ApiResource,
 };
 use serde_json::{Value, json};
 
@@ -88,11 +89,10 @@ fn is_empty(value: &Value) -> bool {
     }
 }
 
-fn api_for(ctx: &Context, kind: &Kind, namespace: Option<&str>) -> Api<DynamicObject> {
-    let resource = kind.resource();
+fn api_for(ctx: &Context, resource: &ApiResource, namespace: Option<&str>) -> Api<DynamicObject> {
     match namespace {
-        Some(ns) => Api::namespaced_with(ctx.client.clone(), ns, &resource),
-        None => Api::all_with(ctx.client.clone(), &resource),
+        Some(ns) => Api::namespaced_with(ctx.client.clone(), ns, resource),
+        None => Api::all_with(ctx.client.clone(), resource),
     }
 }
 
@@ -129,12 +129,8 @@ pub async fn apply_all(ctx: &Context, objects: &[Rendered]) -> Result<bool, Erro
 /// Applies `desired`.
 async fn write(ctx: &Context, desired: &Rendered) -> Result<(), Error> {
     let name = desired.object.name_any();
-    let ns = desired.object.namespace();
     let resource = &desired.resource;
-    let api = match &ns {
-        Some(ns) => Api::<DynamicObject>::namespaced_with(ctx.client.clone(), ns, resource),
-        None => Api::all_with(ctx.client.clone(), resource),
-    };
+    let api = api_for(ctx, resource, desired.object.namespace().as_deref());
     tracing::debug!(object = %desired.describe(), "applying");
     ctx.metrics.wrote(&resource.kind);
     api.patch(
@@ -216,7 +212,7 @@ pub async fn delete(
     let object = describe(kind.kind, namespace, name);
     tracing::debug!(%object, "deleting");
     ctx.metrics.wrote(kind.kind);
-    match api_for(ctx, kind, namespace)
+    match api_for(ctx, &kind.resource(), namespace)
         .delete(name, &DeleteParams::background())
         .await
     {
@@ -236,7 +232,7 @@ pub async fn keep(
 ) -> Result<(), Error> {
     let orphan = json!({"metadata": {"labels": {ORPHANED_LABEL: "true", MANAGED_BY.0: null}}});
     ctx.metrics.wrote(kind.kind);
-    match api_for(ctx, kind, namespace)
+    match api_for(ctx, &kind.resource(), namespace)
         .patch(name, &PatchParams::default(), &Patch::Merge(&orphan))
         .await
     {
@@ -274,8 +270,29 @@ pub async fn remove(
     }
 }
 
-/// The cached objects in namespace `ns`, of the kinds `owner` renders, that `belongs` says are
-/// the owner's and that `rendered` lacks.
+/// The cached objects in namespace `ns`, of the kinds `owner` renders and may remove (see
+/// `remove`), that `belongs` says are the owner's; those being deleted already are left out.
+pub fn owned_in(
+    ctx: &Context,
+    owner: Owner,
+    ns: &str,
+    belongs: impl Fn(&Kind, &Cached) -> bool,
+) -> Vec<(&'static Kind, Arc<Cached>)> {
+    KINDS
+        .iter()
+        .filter(|kind| kind.namespaced && kinds::rendered_by(kind, owner))
+        .filter(|kind| matches!(kind.lifecycle, Lifecycle::Pruned | Lifecycle::Data))
+        .flat_map(|kind| {
+            ctx.caches
+                .in_namespace(kind, ns)
+                .into_iter()
+                .map(move |obj| (kind, obj))
+        })
+        .filter(|(kind, obj)| !obj.deleting() && belongs(kind, obj))
+        .collect()
+}
+
+/// Of `owned_in`, those that `rendered` lacks.
 pub fn unrendered(
     ctx: &Context,
     owner: Owner,
@@ -287,19 +304,9 @@ pub fn unrendered(
         .iter()
         .map(|r| (r.resource.kind.as_str(), r.object.name_any()))
         .collect();
-    KINDS
-        .iter()
-        .filter(|kind| kind.namespaced && kinds::rendered_by(kind, owner))
-        .flat_map(|kind| {
-            ctx.caches
-                .in_namespace(kind, ns)
-                .into_iter()
-                .map(move |obj| (kind, obj))
-        })
-        .filter(|(kind, obj)| {
-            belongs(obj) && !wanted.contains(&(kind.kind, obj.name().to_string()))
-        })
-        .collect()
+    owned_in(ctx, owner, ns, |kind, obj| {
+        belongs(obj) && !wanted.contains(&(kind.kind, obj.name().to_string()))
+    })
 }
 
 #[cfg(test)]

@@ -115,10 +115,8 @@ impl Index {
     }
 
     fn names(&self, ns: &str) -> Vec<Box<str>> {
-        self.live
-            .lock()
-            .map(|live| live.get(ns).into_iter().flatten().cloned().collect())
-            .unwrap_or_default()
+        let live = lock(&self.live);
+        live.get(ns).into_iter().flatten().cloned().collect()
     }
 }
 

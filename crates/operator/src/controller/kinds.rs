@@ -1,7 +1,8 @@
 //! The kinds of object the operator manages, declared once. Caching, watching, pruning what is
-//! no longer rendered, teardown when a comune leaves a service, and the chart's RBAC (checked by
-//! a test) all follow from this table: adding a kind to an instance is its render function plus
-//! one entry here.
+//! no longer rendered, teardown when a comune leaves a service, and the RBAC the operator needs
+//! all follow from this table: adding a kind to an instance is its render function plus one
+//! entry here, and the chart's ClusterRole rule that a test then asks for (it checks that the
+//! chart grants each declared kind exactly the verbs `Kind::verbs` says, and nothing else).
 
 use k8s_openapi::api::{
     apps::v1::Deployment,
@@ -22,7 +23,8 @@ pub enum Owner {
     Municipality,
     /// A SharedService: its instances and access points, and its shared namespace.
     Service,
-    /// Both: each namespace's isolation, rendered by whoever owns the namespace.
+    /// Both: each namespace's isolation, rendered by whoever owns the namespace; and network
+    /// policies, which a Shared service also renders in its subscribers' namespaces.
     Both,
     /// Neither: only watched.
     Neither,
@@ -36,7 +38,8 @@ pub enum Lifecycle {
     /// Deleted once no longer rendered.
     Pruned,
     /// Holds data: kept (labelled orphaned, no longer managed) unless its owner's policy says
-    /// `Delete`. Never garbage collected through an owner reference.
+    /// `Delete`. (A namespace still carries its owner's reference, so the garbage collector
+    /// deletes it if the owner goes without its finalizer: the hardening issue removes that.)
     Data,
     /// Watched, never written.
     Watched,
@@ -136,7 +139,8 @@ impl Kind {
 }
 
 /// Of the kinds below, those not in a namespace (k8s-openapi says so only through a marker
-/// trait, which a `const fn` cannot ask).
+/// trait, which a `const fn` cannot ask): a cluster-scoped kind declared here is added here too,
+/// and `every_kind_the_examples_render_is_declared_for_its_owner` checks it.
 const fn is_cluster_scoped(kind: &str) -> bool {
     matches!(kind.as_bytes(), b"Namespace")
 }

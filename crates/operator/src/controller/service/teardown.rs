@@ -6,12 +6,14 @@
 use std::{collections::BTreeSet, sync::Arc};
 
 use consorzio_api::{SharedService, VolumeReclaimPolicy};
-use kube::{Resource, ResourceExt, runtime::controller::Action};
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use kube::{Api, Resource, ResourceExt, api::ListParams, runtime::controller::Action};
 
 use super::{
     super::{
         Cached, Context, Error,
-        apply::{Reclaim, delete, keep, remove, unrendered},
+        apply::{Reclaim, delete, keep, owned_in, remove, unrendered},
+        error::{During, Step},
         kinds::{self, KINDS, Kind, Lifecycle, Owner},
         namespace::{NamespaceState, namespace_state, release},
         object::set_finalizer,
@@ -46,22 +48,16 @@ fn is_ours(s: &SharedService) -> impl Fn(&Cached) -> bool {
 fn owned(s: &SharedService, ns: &str, ctx: &Context) -> Vec<(&'static Kind, Arc<Cached>)> {
     let own_namespace = ns == shared_namespace(s);
     let ours = is_ours(s);
-    KINDS
-        .iter()
-        .filter(|k| k.namespaced && kinds::rendered_by(k, Owner::Service))
-        .filter(|k| !(own_namespace && k.owner == Owner::Both))
-        .flat_map(|kind| {
-            ctx.caches
-                .in_namespace(kind, ns)
-                .into_iter()
-                .map(move |obj| (kind, obj))
-        })
-        .filter(|(_, obj)| ours(obj))
-        .collect()
+    owned_in(ctx, Owner::Service, ns, |kind, obj| {
+        !(own_namespace && kind.owner == Owner::Both) && ours(obj)
+    })
 }
 
 /// Removes the service's objects in `ns` that `rendered` (an instance or access point) lacks,
-/// e.g. an Ingress once the service has no ingress. Says whether it removed any.
+/// e.g. an Ingress once the service has no ingress. What holds data is only ever kept here,
+/// whatever the reclaim policy: a volume no longer rendered may be a tenant's copy that carries
+/// the service's labels, and deleting data takes the comune leaving or the service going. Says
+/// whether it removed any.
 pub async fn remove_unrendered(
     s: &SharedService,
     ns: &str,
@@ -70,7 +66,7 @@ pub async fn remove_unrendered(
 ) -> Result<bool, Error> {
     let gone = unrendered(ctx, Owner::Service, ns, is_ours(s), rendered);
     for (kind, obj) in &gone {
-        remove(ctx, kind, obj, reclaim(s)).await?;
+        remove(ctx, kind, obj, Reclaim::Retain).await?;
     }
     Ok(!gone.is_empty())
 }
@@ -145,10 +141,13 @@ async fn remove_instance(s: &SharedService, ns: &str, ctx: &Context) -> Result<(
     let (data, rest): (Vec<_>, Vec<_>) = owned(s, ns, ctx)
         .into_iter()
         .partition(|(kind, _)| kind.lifecycle == Lifecycle::Data);
-    // The credentials go with the data: kept when a volume is, deleted otherwise.
+    // The credentials go with the data: kept when a volume is (or was: a retry after the volume
+    // was kept no longer finds it in the cache, and the template says it had one), deleted
+    // otherwise.
     if has_credentials(s, ns, ctx) {
         let secret = credentials_name(s);
-        if reclaim == Reclaim::Retain && !data.is_empty() {
+        let had_data = !data.is_empty() || s.spec.template.storage.is_some();
+        if reclaim == Reclaim::Retain && had_data {
             keep(ctx, &kinds::SECRET, Some(ns), &secret).await?;
         } else {
             delete(ctx, &kinds::SECRET, Some(ns), &secret).await?;
@@ -160,6 +159,15 @@ async fn remove_instance(s: &SharedService, ns: &str, ctx: &Context) -> Result<(
     subscribe(s, ns, false, ctx).await
 }
 
+/// Whether namespace `ns` holds any volume claim, managed or kept.
+async fn holds_volumes(ns: &str, ctx: &Context) -> Result<bool, Error> {
+    let claims = Api::<PersistentVolumeClaim>::namespaced(ctx.client.clone(), ns)
+        .list_metadata(&ListParams::default().limit(1))
+        .await
+        .during(Step::Read, format!("the volume claims of namespace {ns}"))?;
+    Ok(!claims.items.is_empty())
+}
+
 /// The service is being deleted: every instance and access point goes, volumes kept as the
 /// service says; a shared namespace that holds kept data stays, no longer owned.
 pub async fn cleanup(s: &SharedService, ctx: &Context) -> Result<Action, Error> {
@@ -168,21 +176,20 @@ pub async fn cleanup(s: &SharedService, ctx: &Context) -> Result<Action, Error> 
     }
     let name = s.name_any();
     let ns = shared_namespace(s);
-    // Read before the prune, which un-manages a kept volume and so drops it from the cache.
-    let keeps_data = !is_dedicated(s)
-        && reclaim(s) == Reclaim::Retain
-        && owned(s, &ns, ctx)
-            .iter()
-            .any(|(kind, _)| kind.lifecycle == Lifecycle::Data);
     prune(s, BTreeSet::new(), &Scope::Whole, ctx).await?;
     if !is_dedicated(s)
         && namespace_state(ctx, &ns, SERVICE_LABEL, &name).await? == NamespaceState::Ours
     {
         let orphaned = Rendered::new(&render_shared_namespace(s, true))
             .map_err(Error::render(format!("SharedService {name}")))?;
+        // Asked of the API server, not the caches: a volume kept by this cleanup (or an earlier
+        // try of it, or when the template dropped its storage) is no longer managed, and so no
+        // longer cached, and it is still data.
         let (reclaim, policy) = match reclaim(s) {
-            Reclaim::Retain if keeps_data => (Reclaim::Retain, "reclaimPolicy: Retain"),
-            Reclaim::Retain => (Reclaim::Delete, "it holds no data to keep"),
+            Reclaim::Retain if holds_volumes(&ns, ctx).await? => {
+                (Reclaim::Retain, "reclaimPolicy: Retain")
+            }
+            Reclaim::Retain => (Reclaim::Delete, "it holds no volume to keep"),
             Reclaim::Delete => (Reclaim::Delete, "reclaimPolicy: Delete"),
         };
         release(ctx, s, &ns, reclaim, &orphaned, policy).await?;
