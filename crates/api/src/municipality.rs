@@ -213,12 +213,15 @@ pub struct Access {
 }
 
 /// A user or group, as the cluster's authentication names them.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 pub struct Subject {
     /// User or Group.
     pub kind: SubjectKind,
-    /// The user's or group's name, e.g. "alice@comune.example.it" or "sit-bellinzona".
+    /// The user's or group's name, e.g. "alice@comune.example.it" or "sit-bellinzona". Names the
+    /// cluster reserves ("system:…": every authenticated or anonymous user, service accounts,
+    /// nodes, cluster administrators) are refused: a comune's access is for its own people.
     #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new("!self.startsWith('system:')").message("access is for the comune's own users and groups: names the cluster reserves, starting with 'system:' (system:authenticated, system:anonymous, service accounts, nodes), are refused"))]
     pub name: String,
 }
 

@@ -52,8 +52,8 @@ const KNOWN_PLACEHOLDERS_MESSAGE: &str = "unknown placeholder: use {{ municipali
     printcolumn(name = "Desired", type_ = "integer", json_path = ".status.desiredInstances"),
     printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyInstances"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
-    validation = Rule::new("size(self.metadata.name) <= 55 && self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')")
-        .message("metadata.name must be a DNS label of at most 55 characters (lowercase letters, digits and '-'): it names the Service and the namespace shared-<name>")
+    validation = Rule::new("size(self.metadata.name) <= 55 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')")
+        .message("metadata.name must be a DNS label of at most 55 characters starting with a letter (lowercase letters, digits and '-'): it names the Service and the namespace shared-<name>")
 )]
 #[x_kube(
     validation = Rule::new("self.tenancy != 'Dedicated' || !has(self.ingress) || self.ingress.host.matches('[{][{] *municipality[.]name *[}][}]')")

@@ -180,6 +180,11 @@ fn invalid_on_create() -> Vec<Case> {
             "metadata.name must be a DNS label of at most 55 characters",
         ),
         c(
+            "service name starting with a digit (not a Service name)",
+            set(service(), "/metadata/name", json!("1sito")),
+            "metadata.name must be a DNS label of at most 55 characters starting with a letter",
+        ),
+        c(
             "negative population",
             set(italian(), "/spec/population", json!(-1)),
             "spec.population in body should be greater than or equal to 0",
@@ -221,6 +226,33 @@ fn invalid_on_create() -> Vec<Case> {
                 json!([{"kind": "ServiceAccount", "name": "x"}]),
             ),
             "spec.access.admins[0].kind: Unsupported value: \"ServiceAccount\": supported values: \"User\", \"Group\"",
+        ),
+        c(
+            "every authenticated user as admins",
+            set(
+                italian(),
+                "/spec/access/admins",
+                json!([{"kind": "Group", "name": "system:authenticated"}]),
+            ),
+            "spec.access.admins[0].name: Invalid value: \"system:authenticated\": access is for the comune's own users and groups",
+        ),
+        c(
+            "the anonymous user as viewer",
+            set(
+                italian(),
+                "/spec/access/viewers",
+                json!([{"kind": "User", "name": "system:anonymous"}]),
+            ),
+            "spec.access.viewers[0].name: Invalid value: \"system:anonymous\": access is for the comune's own users and groups",
+        ),
+        c(
+            "another namespace's service account as admin",
+            set(
+                italian(),
+                "/spec/access/admins",
+                json!([{"kind": "User", "name": "system:serviceaccount:kube-system:default"}]),
+            ),
+            "names the cluster reserves, starting with 'system:'",
         ),
         c(
             "unknown data classification",

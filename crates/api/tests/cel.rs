@@ -181,3 +181,40 @@ fn tenancy_cannot_change() {
     new.spec.ingress = None;
     assert!(errors_of(validate_cel_update(&new, &old)).contains("tenancy cannot be changed"));
 }
+
+#[test]
+fn access_is_for_the_comunes_people_not_the_clusters_reserved_names() {
+    for name in [
+        "system:authenticated",
+        "system:unauthenticated",
+        "system:anonymous",
+        "system:masters",
+        "system:serviceaccounts",
+        "system:serviceaccount:kube-system:default",
+    ] {
+        let mut m = municipality(ALVITO);
+        m.spec.access.viewers = vec![consorzio_api::Subject {
+            kind: consorzio_api::SubjectKind::Group,
+            name: name.into(),
+        }];
+        assert!(
+            errors_of(validate_cel(&m)).contains("access is for the comune's own users and groups"),
+            "{name} should be refused"
+        );
+    }
+    let mut m = municipality(ALVITO);
+    m.spec.access.admins = vec![consorzio_api::Subject {
+        kind: consorzio_api::SubjectKind::User,
+        name: "system-admin@alvito.example.it".into(),
+    }];
+    assert_eq!(errors_of(validate_cel(&m)), "");
+}
+
+#[test]
+fn a_service_name_must_be_a_service_name() {
+    let mut s = service(SIT);
+    s.metadata.name = Some("1sit".into());
+    assert!(errors_of(validate_cel(&s)).contains("starting with a letter"));
+    s.metadata.name = Some("sit-2".into());
+    assert_eq!(errors_of(validate_cel(&s)), "");
+}
