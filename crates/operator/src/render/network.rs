@@ -12,15 +12,41 @@ use k8s_openapi::{
 
 use super::{Config, managed_meta};
 
-/// Address ranges that pods and services use, never reachable through the internet rule: this is
-/// what keeps one comune's "internet" from including other comuni.
-const PRIVATE_V4: &[&str] = &[
+/// Address ranges that are not the internet, never reachable through the internet rule: the
+/// private ranges pods and services use (so one comune's "internet" never includes other
+/// comuni), loopback, link-local (169.254.169.254 is the cloud metadata endpoint, with the node's
+/// credentials on most clouds), multicast and the other special-purpose ranges of RFC 6890.
+const NOT_INTERNET_V4: &[&str] = &[
+    "0.0.0.0/8",
     "10.0.0.0/8",
-    "172.16.0.0/12",
-    "192.168.0.0/16",
     "100.64.0.0/10",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "172.16.0.0/12",
+    "192.0.0.0/24",
+    "192.0.2.0/24",
+    "192.88.99.0/24",
+    "192.168.0.0/16",
+    "198.18.0.0/15",
+    "198.51.100.0/24",
+    "203.0.113.0/24",
+    "224.0.0.0/4",
+    "240.0.0.0/4",
 ];
-const PRIVATE_V6: &[&str] = &["fc00::/7", "fe80::/10"];
+/// The same for IPv6, and the ranges that carry IPv4 addresses (IPv4-mapped, NAT64), through which
+/// the excluded IPv4 ranges could otherwise be reached.
+const NOT_INTERNET_V6: &[&str] = &[
+    "::/128",
+    "::1/128",
+    "::ffff:0:0/96",
+    "64:ff9b::/96",
+    "64:ff9b:1::/48",
+    "100::/64",
+    "2001:db8::/32",
+    "fc00::/7",
+    "fe80::/10",
+    "ff00::/8",
+];
 /// The policy that opens the internet to a comune that asks for it.
 pub const INTERNET_EGRESS: &str = "consorzio-allow-internet-egress";
 
@@ -157,12 +183,66 @@ pub fn render_network_policies(
             None,
             Some(vec![NetworkPolicyEgressRule {
                 to: Some(vec![
-                    block("0.0.0.0/0", PRIVATE_V4),
-                    block("::/0", PRIVATE_V6),
+                    block("0.0.0.0/0", NOT_INTERNET_V4),
+                    block("::/0", NOT_INTERNET_V6),
                 ]),
                 ports: None,
             }]),
         ));
     }
     policies
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use consorzio_testkit::netpol::{Endpoint, decide};
+
+    use super::*;
+
+    fn at(ip: &str) -> Endpoint {
+        Endpoint {
+            namespace: "elsewhere".into(),
+            namespace_labels: BTreeMap::new(),
+            labels: BTreeMap::new(),
+            ip: Some(ip.parse::<IpAddr>().expect("an address")),
+        }
+    }
+
+    #[test]
+    fn internet_egress_reaches_public_addresses_only() {
+        let policies = render_network_policies(true, "comune-a", &Config::default(), ("o", "a"));
+        let pod = Endpoint {
+            namespace: "comune-a".into(),
+            namespace_labels: BTreeMap::new(),
+            labels: BTreeMap::new(),
+            ip: Some("10.1.0.5".parse().expect("an address")),
+        };
+        for public in ["93.184.216.34", "8.8.8.8", "2001:4860:4860::8888"] {
+            assert!(decide(&policies, &[], &pod, &at(public), 443), "{public}");
+        }
+        for not_internet in [
+            "169.254.169.254",
+            "127.0.0.1",
+            "10.0.0.1",
+            "172.16.0.1",
+            "192.168.1.1",
+            "100.64.0.1",
+            "224.0.0.1",
+            "255.255.255.255",
+            "0.0.0.0",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+            "ff02::1",
+            "::ffff:169.254.169.254",
+            "64:ff9b::a00:1",
+        ] {
+            assert!(
+                !decide(&policies, &[], &pod, &at(not_internet), 443),
+                "{not_internet}"
+            );
+        }
+    }
 }
