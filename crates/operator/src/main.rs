@@ -3,7 +3,7 @@
 
 use std::{
     collections::BTreeMap,
-    io::{Read, Write},
+    io::Write,
     net::SocketAddr,
     path::PathBuf,
     sync::{Arc, atomic::AtomicBool},
@@ -15,14 +15,16 @@ use clap::{Args, Parser, Subcommand};
 use consorzio::{
     controller::{self, Context},
     metrics::Metrics,
-    render::{self, Config},
+    render::Config,
     server::{self, Health},
     telemetry::{self, LogFormat},
 };
-use consorzio_api::{Municipality, SharedService};
+use consorzio_api::Municipality;
 use futures::FutureExt;
 use k8s_openapi::api::core::v1::Toleration;
 use kube::{Api, Client, api::ListParams};
+
+mod render_files;
 
 /// jemalloc: with glibc's malloc, allocation and freeing took about a quarter of the operator's
 /// CPU time in a fleet's cold start (docs/benchmarks.md). Its memory use is about the same.
@@ -194,7 +196,7 @@ fn main() -> anyhow::Result<()> {
                 .write_all(consorzio::crds_yaml()?.as_bytes())?;
             Ok(())
         }
-        Command::Render(args) => render_files(&args),
+        Command::Render(args) => render_files::render_files(&args.files, &args.settings.config()?),
         Command::Run(args) => {
             telemetry::init(args.log_format);
             // One thread: the work waits on the API server far more than it computes (in a cold
@@ -206,83 +208,6 @@ fn main() -> anyhow::Result<()> {
                 .block_on(run(args))
         }
     }
-}
-
-fn render_files(args: &RenderArgs) -> anyhow::Result<()> {
-    let config = args.settings.config()?;
-    let (mut municipalities, mut services) = (vec![], vec![]);
-    let mut files = vec![];
-    for path in &args.files {
-        if path.is_dir() {
-            // Like kubectl -f DIR: every .yaml and .yml file in it, in name order.
-            let mut inside: Vec<PathBuf> = std::fs::read_dir(path)
-                .with_context(|| format!("reading {}", path.display()))?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
-                .collect();
-            inside.sort();
-            files.extend(inside);
-        } else {
-            files.push(path.clone());
-        }
-    }
-    for file in &files {
-        let text = if file.as_os_str() == "-" {
-            let mut text = String::new();
-            std::io::stdin().read_to_string(&mut text)?;
-            text
-        } else {
-            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?
-        };
-        for (i, doc) in serde_yaml::Deserializer::from_str(&text).enumerate() {
-            let where_ = format!("{}, document {}", file.display(), i + 1);
-            let value: serde_json::Value =
-                serde::Deserialize::deserialize(doc).with_context(|| where_.clone())?;
-            if value.is_null() {
-                continue;
-            }
-            match value["kind"].as_str() {
-                Some("Municipality") => municipalities.push(
-                    serde_json::from_value::<Municipality>(value)
-                        .with_context(|| format!("{where_}: not a valid Municipality"))?,
-                ),
-                Some("SharedService") => services.push(
-                    serde_json::from_value::<SharedService>(value)
-                        .with_context(|| format!("{where_}: not a valid SharedService"))?,
-                ),
-                other => bail!("{where_}: kind {other:?} is not Municipality or SharedService"),
-            }
-        }
-    }
-    let mut rendered = vec![];
-    for m in &municipalities {
-        rendered.extend(render::render_municipality(m, &config)?);
-    }
-    for s in &services {
-        let chosen = municipalities
-            .iter()
-            .filter(|m| render::service::selects(s, m));
-        if render::service::is_dedicated(s) {
-            for m in chosen {
-                rendered.extend(render::service::render_dedicated(s, m, &config)?);
-            }
-        } else {
-            rendered.extend(render::shared::render_shared(s, &config)?);
-            for m in chosen {
-                rendered.extend(render::shared::render_access_point(s, m, &config)?);
-                rendered.push(render::shared::render_subscription(s, m, &config, true)?);
-            }
-        }
-    }
-    let mut out = String::new();
-    for r in rendered {
-        out.push_str("---\n# ");
-        out.push_str(&r.describe());
-        out.push('\n');
-        out.push_str(&serde_yaml::to_string(&r.object)?);
-    }
-    std::io::stdout().lock().write_all(out.as_bytes())?;
-    Ok(())
 }
 
 /// Waits until the Municipality CRD is served, saying how to install it meanwhile.
