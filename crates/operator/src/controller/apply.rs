@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use super::{
     Context,
     cached::Cached,
-    error::{During, Error, Step, describe},
+    error::{During, Error, Step, describe, gone_is_done},
     kinds::{self, KINDS, Kind, Lifecycle, Owner},
     passes::{CREATION_LAG, fingerprint},
 };
@@ -212,14 +212,10 @@ pub async fn delete(
     let object = describe(kind.kind, namespace, name);
     tracing::debug!(%object, "deleting");
     ctx.metrics.wrote(kind.kind);
-    match api_for(ctx, &kind.resource(), namespace)
+    let deleted = api_for(ctx, &kind.resource(), namespace)
         .delete(name, &DeleteParams::background())
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
-        Err(e) => Err(e).during(Step::Delete, object),
-    }
+        .await;
+    gone_is_done(deleted).during(Step::Delete, object)
 }
 
 /// Keeps an object's data: labelled orphaned so people find it, and no longer managed, so it is
@@ -232,14 +228,10 @@ pub async fn keep(
 ) -> Result<(), Error> {
     let orphan = json!({"metadata": {"labels": {ORPHANED_LABEL: "true", MANAGED_BY.0: null}}});
     ctx.metrics.wrote(kind.kind);
-    match api_for(ctx, &kind.resource(), namespace)
+    let kept = api_for(ctx, &kind.resource(), namespace)
         .patch(name, &PatchParams::default(), &Patch::Merge(&orphan))
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
-        Err(e) => Err(e).during(Step::Keep, describe(kind.kind, namespace, name)),
-    }
+        .await;
+    gone_is_done(kept).during(Step::Keep, describe(kind.kind, namespace, name))
 }
 
 /// What becomes of the data an owner no longer wants.

@@ -84,6 +84,16 @@ impl<T> During<T> for Result<T, kube::Error> {
     }
 }
 
+/// A request on an object that is gone already: for a deletion, a relabelling or a removal of a
+/// label, that is what was asked.
+pub fn gone_is_done<T>(result: Result<T, kube::Error>) -> Result<(), kube::Error> {
+    match result {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 impl Error {
     /// A failure to render the objects of `object`.
     pub fn render(object: impl fmt::Display) -> impl FnOnce(serde_json::Error) -> Error {
@@ -122,13 +132,7 @@ impl Error {
     }
 }
 
-/// `Kind namespace/name` (or `Kind name`), for messages.
-pub fn describe(kind: &str, namespace: Option<&str>, name: &str) -> String {
-    match namespace {
-        Some(ns) => format!("{kind} {ns}/{name}"),
-        None => format!("{kind} {name}"),
-    }
-}
+pub use crate::render::describe;
 
 #[cfg(test)]
 mod tests {

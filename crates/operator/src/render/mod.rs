@@ -88,10 +88,16 @@ impl Rendered {
 
     /// `Kind namespace/name`, for messages.
     pub fn describe(&self) -> String {
-        match self.object.namespace() {
-            Some(ns) => format!("{} {ns}/{}", self.resource.kind, self.object.name_any()),
-            None => format!("{} {}", self.resource.kind, self.object.name_any()),
-        }
+        let ns = self.object.namespace();
+        describe(&self.resource.kind, ns.as_deref(), &self.object.name_any())
+    }
+}
+
+/// `Kind namespace/name` (or `Kind name`), for messages.
+pub fn describe(kind: &str, namespace: Option<&str>, name: &str) -> String {
+    match namespace {
+        Some(ns) => format!("{kind} {ns}/{name}"),
+        None => format!("{kind} {name}"),
     }
 }
 

@@ -171,7 +171,7 @@ async fn reconcile_municipality(m: &Municipality, ctx: &Context) -> Result<Actio
 
 /// `Municipality name`, for messages.
 fn describe_of(m: &Municipality) -> String {
-    super::error::describe("Municipality", None, &m.name_any())
+    crate::render::describe("Municipality", None, &m.name_any())
 }
 
 /// Deletes the comune's objects that it no longer renders (an access binding or the internet

@@ -20,7 +20,7 @@ use super::{
     super::{
         Context, Error,
         apply::{SERVICE_MANAGER_PREFIX, apply_all},
-        error::{During, Step, describe},
+        error::{During, Step, describe, gone_is_done},
         kinds,
         namespace::{NamespaceState, conflict_message, namespace_state},
         passes::{Scope, Went},
@@ -117,7 +117,7 @@ pub async fn subscribe(s: &SharedService, ns: &str, on: bool, ctx: &Context) -> 
     let patch = json!({"metadata": {"labels": {label: value}}});
     ctx.metrics.wrote("Namespace");
     let manager = format!("{SERVICE_MANAGER_PREFIX}{}", s.name_any());
-    match Api::<Namespace>::all(ctx.client.clone())
+    let patched = Api::<Namespace>::all(ctx.client.clone())
         .patch(
             ns,
             &PatchParams {
@@ -126,10 +126,6 @@ pub async fn subscribe(s: &SharedService, ns: &str, on: bool, ctx: &Context) -> 
             },
             &Patch::Merge(&patch),
         )
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
-        Err(e) => Err(e).during(Step::Subscribe, describe("Namespace", None, ns)),
-    }
+        .await;
+    gone_is_done(patched).during(Step::Subscribe, describe("Namespace", None, ns))
 }
