@@ -18,7 +18,7 @@ run: cluster-up
 	source target/cluster/env && \
 	  kubectl apply --server-side -f crds/ && \
 	  kubectl wait --for=condition=Established crd/municipalities.consorzio.io crd/sharedservices.consorzio.io && \
-	  kubectl apply --server-side -f deploy/rbac/tenant-roles.yaml && \
+	  kubectl apply --server-side -f deploy/namespace.yaml -f deploy/rbac/ && \
 	  kubectl apply --server-side -f deploy/examples/ && \
 	  echo && \
 	  echo "The operator runs below. In another terminal:" && \
@@ -28,7 +28,7 @@ run: cluster-up
 	  echo "  kubectl get all,quota,netpol,rolebinding -n comune-lugano" && \
 	  echo "  curl -s http://$(METRICS_ADDR)/metrics | grep ^consorzio_" && \
 	  echo && \
-	  exec target/debug/consorzio run --metrics-addr $(METRICS_ADDR) --pod-toleration kwok.x-k8s.io/node:NoSchedule
+	  KUBECONFIG=target/cluster/operator-kubeconfig exec target/debug/consorzio run --metrics-addr $(METRICS_ADDR) --pod-toleration kwok.x-k8s.io/node:NoSchedule
 
 test: cluster-up
 	cargo test --workspace --all-targets --no-fail-fast -- --test-threads=$(TEST_THREADS)
@@ -65,6 +65,9 @@ manifests: cluster-up crds
 	$(HELM) template consorzio charts/consorzio --namespace consorzio --include-crds > deploy/consorzio.yaml
 	$(HELM) template consorzio charts/consorzio --namespace consorzio \
 	  --show-only templates/tenant-roles.yaml > deploy/rbac/tenant-roles.yaml
+	$(HELM) template consorzio charts/consorzio --namespace consorzio \
+	  --show-only templates/serviceaccount.yaml --show-only templates/rbac.yaml \
+	  --show-only templates/admission-policies.yaml > deploy/rbac/operator.yaml
 
 # The fleet benchmark: Italy's comuni (BENCH_SIZES of them, one size after another) against the
 # local control plane and against the physical limit; prints a table and writes

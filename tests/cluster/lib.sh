@@ -214,6 +214,23 @@ contexts:
 current-context: consorzio-local
 EOF
   mv "$dir/kubeconfig.tmp" "$dir/kubeconfig"
+  # The operator's identity: the admin certificate, impersonating the chart's ServiceAccount, so
+  # that the operator runs under its real RBAC and admission policies (deploy/rbac/operator.yaml).
+  awk '
+    { print }
+    /client-key-data:/ {
+      print "    as: system:serviceaccount:consorzio:consorzio"
+      print "    as-groups: [system:serviceaccounts, system:serviceaccounts:consorzio, system:authenticated]"
+    }' "$dir/kubeconfig" >"$dir/operator-kubeconfig.tmp"
+  mv "$dir/operator-kubeconfig.tmp" "$dir/operator-kubeconfig"
+}
+
+# The operator's namespace, ServiceAccount, RBAC and admission policies, and the tenant roles, as
+# the chart installs them: every test and the demo run the operator under them.
+install_platform() {
+  local repo="$here/../.."
+  "$kubectl" apply --server-side --force-conflicts -f "$repo/deploy/namespace.yaml" \
+    -f "$repo/deploy/rbac/operator.yaml" -f "$repo/deploy/rbac/tenant-roles.yaml" >/dev/null
 }
 
 # The default StorageClass, whose volumes kwok provisions (see kwok.yaml). A claim is bound once

@@ -138,22 +138,24 @@ impl Direct {
         self.namespaces_first.len() + self.rest.len()
     }
 
-    /// Applies every object by server-side apply with `concurrency` requests in flight, and
-    /// returns the time until every Deployment is Available. Then deletes the namespaces and
-    /// waits until they are gone, so that the next scenario starts without them.
+    /// Applies every object by server-side apply with `concurrency` requests in flight, with the
+    /// operator's identity (under the same RBAC and admission policies), and returns the time
+    /// until every Deployment is Available. Then deletes the namespaces and waits until they are
+    /// gone, so that the next scenario starts without them.
     pub async fn run(
         &self,
         cluster: &Cluster,
         client: &Client,
         concurrency: usize,
     ) -> anyhow::Result<Duration> {
+        let writer = cluster.operator_client().await?;
         let n = self.n;
         let start = Instant::now();
         let started = Timestamp::now();
         let cpu = cluster.cpu_seconds()?;
         for batch in [&self.namespaces_first, &self.rest] {
             stream::iter(batch)
-                .map(|entry| self.apply(client, entry))
+                .map(|entry| self.apply(&writer, entry))
                 .buffer_unordered(concurrency)
                 .try_collect::<Vec<_>>()
                 .await?;

@@ -172,7 +172,10 @@ fn held(spec: &LeaseSpec, now: Timestamp) -> Option<Held> {
 /// without leader election (a benchmark's, left behind by a benchmark that was killed) holds no
 /// Lease. Processes whose environment cannot be read (another user's) are not counted.
 fn operator_processes(cluster: &Cluster) -> anyhow::Result<Option<String>> {
-    let ours = canonical(&cluster.kubeconfig());
+    let ours = [
+        canonical(&cluster.kubeconfig()),
+        canonical(&cluster.operator_kubeconfig()),
+    ];
     let mut found = vec![];
     for entry in std::fs::read_dir("/proc").context("listing /proc")? {
         let Ok(entry) = entry else { continue };
@@ -208,7 +211,7 @@ fn operator_processes(cluster: &Cluster) -> anyhow::Result<Option<String>> {
                 let cwd = std::fs::read_link(entry.path().join("cwd")).unwrap_or_default();
                 canonical(&cwd.join(path))
             });
-        if kubeconfig == Some(ours.clone()) {
+        if kubeconfig.is_some_and(|k| ours.contains(&k)) {
             found.push(format!("  - pid {pid}: {}", args.join(" ").trim()));
         }
     }

@@ -11,22 +11,10 @@ use std::{
 
 use anyhow::{Context as _, bail, ensure};
 use consorzio::server::{self, Health};
-use consorzio_testkit::{Cluster, Env, run, unique_name, yaml_documents};
-use k8s_openapi::api::{
-    admissionregistration::v1::{ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding},
-    authentication::v1::{TokenRequest, TokenRequestSpec},
-    core::v1::{Namespace, Secret, ServiceAccount},
-    rbac::v1::{ClusterRole, ClusterRoleBinding},
-};
-use kube::{
-    Api,
-    api::{DeleteParams, PostParams},
-    core::ApiResource,
-};
+use consorzio_testkit::{Cluster, Env, run, yaml_documents};
 use serde_json::{Value, json};
 use support::{
-    Operator, apply_service, catalogue_service, comune, onboard, remove, remove_service,
-    wait_status,
+    Operator, apply_service, catalogue_service, comune, onboard, remove_service, wait_status,
 };
 
 fn root() -> PathBuf {
@@ -149,6 +137,23 @@ fn crds_and_deploy_are_what_they_are_generated_from() -> anyhow::Result<()> {
         read("deploy/rbac/tenant-roles.yaml")? == roles,
         "deploy/rbac/tenant-roles.yaml differs from the chart: run `make manifests`"
     );
+    let operator = helm(&[
+        "template",
+        "consorzio",
+        CHART,
+        "--namespace",
+        "consorzio",
+        "--show-only",
+        "templates/serviceaccount.yaml",
+        "--show-only",
+        "templates/rbac.yaml",
+        "--show-only",
+        "templates/admission-policies.yaml",
+    ])?;
+    ensure!(
+        read("deploy/rbac/operator.yaml")? == operator,
+        "deploy/rbac/operator.yaml differs from the chart: run `make manifests`"
+    );
     Ok(())
 }
 
@@ -243,6 +248,62 @@ fn operator_role_grants_exactly_what_the_declared_kinds_need() -> anyhow::Result
         ],
         "granted beyond the declared kinds"
     );
+    Ok(())
+}
+
+/// Both admission policies cover every kind the operator may write, and nothing else: the
+/// operator guard confines each of its writes; the label guard keeps everyone else from forging
+/// what the operator trusts on any of them.
+#[test]
+fn admission_policies_cover_every_kind_the_operator_writes() -> anyhow::Result<()> {
+    let docs = template("consorzio", "consorzio", &[])?;
+    let role = docs
+        .iter()
+        .find(|d| d["kind"] == "ClusterRole" && d["metadata"]["name"] == "consorzio-operator")
+        .context("the operator's ClusterRole")?;
+    let mut written = BTreeSet::new();
+    for rule in role["rules"].as_array().context("rules")? {
+        let writes = strings(&rule["verbs"])
+            .iter()
+            .any(|v| ["create", "update", "patch", "delete"].contains(&v.as_str()));
+        for group in strings(&rule["apiGroups"]) {
+            for resource in strings(&rule["resources"]) {
+                let own = group == "consorzio.io" || group == "events.k8s.io";
+                if writes && !own {
+                    written.insert(format!("{group}/{resource}"));
+                }
+            }
+        }
+    }
+    for name in ["consorzio-operator-guard", "consorzio-label-guard"] {
+        let policy = docs
+            .iter()
+            .find(|d| d["kind"] == "ValidatingAdmissionPolicy" && d["metadata"]["name"] == name)
+            .with_context(|| format!("the policy {name}"))?;
+        let mut covered = BTreeSet::new();
+        for rule in policy["spec"]["matchConstraints"]["resourceRules"]
+            .as_array()
+            .context("resourceRules")?
+        {
+            ensure!(
+                strings(&rule["operations"]).contains(&"UPDATE".to_string()),
+                "{rule}"
+            );
+            for group in strings(&rule["apiGroups"]) {
+                for resource in strings(&rule["resources"]) {
+                    covered.insert(format!("{group}/{resource}"));
+                }
+            }
+        }
+        ensure!(
+            covered == written,
+            "{name} covers {covered:?}, the operator writes {written:?}"
+        );
+        let bound = docs.iter().any(|d| {
+            d["kind"] == "ValidatingAdmissionPolicyBinding" && d["spec"]["policyName"] == name
+        });
+        ensure!(bound, "{name} is not bound");
+    }
     Ok(())
 }
 
@@ -376,183 +437,4 @@ async fn reqwest_get(url: &str) -> anyhow::Result<String> {
         bail!("{head}");
     }
     Ok(body.to_string())
-}
-
-/// Applies rendered documents with the admin's kubectl, server-side.
-async fn apply_documents(env: &Env, docs: &[Value]) -> anyhow::Result<()> {
-    let mut text = String::new();
-    for doc in docs {
-        text.push_str("---\n");
-        text.push_str(&serde_yaml::to_string(doc)?);
-    }
-    let file = std::env::temp_dir().join(format!("{}.yaml", unique_name("chart-rbac")));
-    std::fs::write(&file, text)?;
-    let out = consorzio_testkit::kubectl(
-        env.cluster(),
-        &[
-            "apply",
-            "--server-side",
-            "-f",
-            file.to_str().context("path")?,
-        ],
-    )
-    .await?;
-    let _ = std::fs::remove_file(&file);
-    ensure!(
-        out.status.success(),
-        "kubectl apply: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
-}
-
-#[tokio::test]
-async fn the_operator_runs_on_the_charts_rbac_and_can_do_nothing_more() {
-    let _one = support::exclusive().await;
-    run(|env: Env| async move {
-        // The chart's RBAC and namespace guard, under a release of the test's own.
-        let ns = env.namespace("consorzio-rbac").await?;
-        let release = unique_name("rbac");
-        let docs: Vec<Value> = template(&release, &ns, &[])?
-            .into_iter()
-            .filter(|d| {
-                [
-                    "ServiceAccount",
-                    "ClusterRole",
-                    "ClusterRoleBinding",
-                    "Role",
-                    "RoleBinding",
-                    "ValidatingAdmissionPolicy",
-                    "ValidatingAdmissionPolicyBinding",
-                ]
-                .contains(&d["kind"].as_str().unwrap_or_default())
-            })
-            .collect();
-        // Cluster-scoped objects go when the test ends (the tenant roles stay: they are shared).
-        for d in docs.iter().filter(|d| d["metadata"]["namespace"].is_null()) {
-            let name = d["metadata"]["name"].as_str().unwrap_or_default().to_string();
-            let resource = match d["kind"].as_str().unwrap_or_default() {
-                "ClusterRole" if name.starts_with("consorzio-municipality-") => continue,
-                "ClusterRole" => ApiResource::erase::<ClusterRole>(&()),
-                "ClusterRoleBinding" => ApiResource::erase::<ClusterRoleBinding>(&()),
-                "ValidatingAdmissionPolicy" => ApiResource::erase::<ValidatingAdmissionPolicy>(&()),
-                "ValidatingAdmissionPolicyBinding" => {
-                    ApiResource::erase::<ValidatingAdmissionPolicyBinding>(&())
-                }
-                other => bail!("unexpected cluster-scoped {other} in the chart"),
-            };
-            env.delete_later_dynamic(resource, None, name);
-        }
-        apply_documents(&env, &docs).await?;
-
-        // The operator, with a token of the chart's ServiceAccount.
-        let token = Api::<ServiceAccount>::namespaced(env.client(), &ns)
-            .create_token_request(
-                &release,
-                &PostParams::default(),
-                &TokenRequest {
-                    spec: TokenRequestSpec {
-                        audiences: vec![],
-                        expiration_seconds: Some(3600),
-                        ..Default::default()
-                    },
-                    ..Default::default()
-                },
-            )
-            .await?
-            .status
-            .context("token")?
-            .token;
-        let client = env.cluster().client_with_token(&token).await?;
-        let op = Operator::start_with(&env, client.clone()).await?;
-
-        // Onboarding, a Dedicated and a Shared service, to Ready; then a comune deleted with its
-        // namespace and a shared service deleted with its data.
-        let mut m = comune();
-        m.spec.deletion_policy = consorzio_api::DeletionPolicy::Delete;
-        let (name, comune_ns) = onboard(&env, &m).await?;
-        let mut services = vec![];
-        for (entry, tenancy) in [("sito-comunale", 1), ("formazione", 1)] {
-            let s = catalogue_service(entry, json!({"names": [name]}))?;
-            if s.spec.tenancy == consorzio_api::Tenancy::Shared {
-                env.delete_later_dynamic(
-                    ApiResource::erase::<Namespace>(&()),
-                    None,
-                    format!("shared-{}", s.metadata.name.clone().unwrap_or_default()),
-                );
-            }
-            apply_service(&env, &s).await?;
-            let service = s.metadata.name.clone().unwrap_or_default();
-            wait_status(&env, &service, "Ready", |st| {
-                st.ready_instances == tenancy
-                    && st
-                        .conditions
-                        .iter()
-                        .any(|c| c.type_ == "Ready" && c.status == "True")
-            })
-            .await?;
-            services.push(service);
-        }
-        for service in &services {
-            remove_service(&env, service).await?;
-        }
-        remove(&env, &name).await?;
-        consorzio_testkit::wait_gone(
-            &Api::<Namespace>::all(env.client()),
-            &comune_ns,
-            consorzio_testkit::TIMEOUT,
-        )
-        .await?;
-        op.stop().await;
-
-        // And nothing more.
-        let binding: ClusterRoleBinding = serde_json::from_value(json!({
-            "metadata": {"name": unique_name("escalate")},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
-            "subjects": [{"kind": "ServiceAccount", "name": release, "namespace": ns}],
-        }))?;
-        let denied = |result: Result<(), kube::Error>, what: &str| -> anyhow::Result<String> {
-            match result {
-                Err(kube::Error::Api(status)) if status.code == 403 || status.code == 422 => {
-                    Ok(status.message)
-                }
-                other => bail!("{what}: expected to be refused, got {other:?}"),
-            }
-        };
-        denied(
-            Api::<ClusterRoleBinding>::all(client.clone())
-                .create(&PostParams::default(), &binding)
-                .await
-                .map(|_| ()),
-            "binding cluster-admin",
-        )?;
-        denied(
-            Api::<Secret>::namespaced(client.clone(), "kube-system")
-                .list(&Default::default())
-                .await
-                .map(|_| ()),
-            "listing kube-system's Secrets",
-        )?;
-        denied(
-            Api::<Secret>::namespaced(client.clone(), "kube-system")
-                .get("bootstrap-token-abcdef")
-                .await
-                .map(|_| ()),
-            "reading a kube-system Secret",
-        )?;
-        let foreign = env.namespace("not-consorzio").await?;
-        let message = denied(
-            Api::<Namespace>::all(client.clone())
-                .delete(&foreign, &DeleteParams::default())
-                .await
-                .map(|_| ()),
-            "deleting a namespace consorzio does not manage",
-        )?;
-        ensure!(
-            message.contains("may only create, change or delete namespaces labelled"),
-            "{message}"
-        );
-        Ok(())
-    })
-    .await;
 }

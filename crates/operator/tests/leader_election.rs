@@ -5,7 +5,9 @@ mod support;
 
 use std::{path::Path, time::Instant};
 
-use consorzio_testkit::{Env, OperatorProcess, install_crds, run, unique_name};
+use consorzio_testkit::{Env, OperatorProcess, install_crds, install_platform, run, unique_name};
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::core::ApiResource;
 use support::{comune, onboard};
 
 #[tokio::test]
@@ -14,12 +16,19 @@ async fn the_standby_takes_over_when_the_leader_dies() {
     let _one = support::exclusive().await;
     run(|env: Env| async move {
         install_crds(&env.client()).await?;
+        install_platform(env.cluster()).await?;
         let bin = Path::new(env!("CARGO_BIN_EXE_consorzio"));
+        // In the operator's namespace, where the chart's Role lets it hold Leases.
         let lease = unique_name("lease");
-        let ns = env.namespace("lease").await?;
+        let ns = "consorzio";
+        env.delete_later_dynamic(
+            ApiResource::erase::<Lease>(&()),
+            Some(ns.to_string()),
+            lease.clone(),
+        );
         let args = [
             "--leader-election-namespace",
-            &ns,
+            ns,
             "--leader-election-lease",
             &lease,
             "--lease-duration-seconds",

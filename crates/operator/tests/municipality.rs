@@ -5,7 +5,7 @@ mod support;
 use std::{collections::BTreeMap, time::Duration};
 
 use anyhow::{Context as _, bail, ensure};
-use consorzio_api::DeletionPolicy;
+use consorzio_api::{DeletionPolicy, Municipality};
 use consorzio_testkit::{Env, TIMEOUT, run, wait_for, wait_gone};
 use k8s_openapi::api::{
     admissionregistration::v1::{ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding},
@@ -88,9 +88,9 @@ async fn onboarding_creates_the_isolated_namespace_and_reports_ready() {
                 "namespace label {key}"
             );
         }
-        let owners = namespace.owner_references();
-        assert_eq!(owners.len(), 1);
-        assert_eq!(Some(&owners[0].uid), applied.metadata.uid.as_ref());
+        // It holds the comune's data: no owner reference, through which the garbage collector
+        // could delete it.
+        assert!(namespace.owner_references().is_empty());
 
         let quota = env.api::<ResourceQuota>(&ns).get("consorzio-quota").await?;
         let hard = quota.spec.and_then(|s| s.hard).context("quota hard")?;
@@ -404,7 +404,7 @@ async fn resync_of_a_converged_comune_writes_nothing() {
 }
 
 #[tokio::test]
-async fn retain_keeps_the_namespace_and_reapplying_adopts_it() {
+async fn retain_keeps_the_data_revokes_access_and_reapplying_adopts_it() {
     let _one = exclusive().await;
     run(|env: Env| async move {
         let op = Operator::start(&env).await?;
@@ -416,6 +416,11 @@ async fn retain_keeps_the_namespace_and_reapplying_adopts_it() {
         env.api::<ConfigMap>(&ns)
             .create(&PostParams::default(), &data)
             .await?;
+        let uid = Api::<Namespace>::all(env.client())
+            .get(&ns)
+            .await?
+            .metadata
+            .uid;
 
         remove(&env, &name).await?;
         let namespace = Api::<Namespace>::all(env.client()).get(&ns).await?;
@@ -430,43 +435,105 @@ async fn retain_keeps_the_namespace_and_reapplying_adopts_it() {
                 .map(String::as_str),
             Some("true")
         );
-        assert!(
-            namespace.owner_references().is_empty(),
-            "still owned: {:?}",
-            namespace.owner_references()
-        );
-        // Give the garbage collector time to act, were anything still owned.
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        assert_eq!(
-            env.api::<ConfigMap>(&ns)
-                .get("protocollo")
-                .await?
-                .data
-                .context("data")?["n"],
-            "42"
-        );
-        env.api::<ResourceQuota>(&ns).get("consorzio-quota").await?;
+        assert!(namespace.owner_references().is_empty());
+        // Its people no longer have access (finding 11).
+        let bindings = env
+            .api::<RoleBinding>(&ns)
+            .list(&Default::default())
+            .await?;
+        let names: Vec<String> = bindings.iter().map(|b| b.name_any()).collect();
+        assert!(names.is_empty(), "access kept: {names:?}");
+        kept_with_its_data(&env, &ns, &uid).await?;
 
-        let again = apply(&env, &m).await?;
+        let _again = apply(&env, &m).await?;
         wait_ready(&env, &name, "True").await?;
-        wait_for("the namespace to be adopted", TIMEOUT, || async {
-            let namespace = Api::<Namespace>::all(env.client()).get(&ns).await?;
-            let owner = namespace.owner_references().first().map(|o| o.uid.clone());
-            ensure!(owner == again.metadata.uid, "owner {owner:?}");
-            ensure!(
-                !namespace.labels().contains_key("consorzio.io/orphaned"),
-                "still labelled orphaned"
-            );
-            Ok(())
-        })
-        .await?;
-        env.api::<ConfigMap>(&ns).get("protocollo").await?;
-
+        adopted(&env, &ns).await?;
         remove(&env, &name).await?;
         op.stop().await;
         Ok(())
     })
     .await;
+}
+
+/// Finding 8: with the operator down, removing a Municipality's finalizer by hand (the usual way
+/// to unstick a deletion) lets it go, and its namespace and data stay; applying it again adopts
+/// them.
+#[tokio::test]
+async fn a_finalizer_removed_by_hand_loses_no_data() {
+    let _one = exclusive().await;
+    run(|env: Env| async move {
+        let op = Operator::start(&env).await?;
+        let m = comune();
+        let (name, ns) = onboard(&env, &m).await?;
+        let data: ConfigMap = serde_json::from_value(
+            json!({"metadata": {"name": "protocollo"}, "data": {"n": "42"}}),
+        )?;
+        env.api::<ConfigMap>(&ns)
+            .create(&PostParams::default(), &data)
+            .await?;
+        let uid = Api::<Namespace>::all(env.client())
+            .get(&ns)
+            .await?
+            .metadata
+            .uid;
+        op.stop().await;
+
+        let api = Api::<Municipality>::all(env.client());
+        api.delete(&name, &Default::default()).await?;
+        api.patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+        )
+        .await?;
+        wait_gone(&api, &name, TIMEOUT).await?;
+        kept_with_its_data(&env, &ns, &uid).await?;
+
+        let op = Operator::start(&env).await?;
+        apply(&env, &m).await?;
+        wait_ready(&env, &name, "True").await?;
+        adopted(&env, &ns).await?;
+        remove(&env, &name).await?;
+        op.stop().await;
+        Ok(())
+    })
+    .await;
+}
+
+/// Namespace `ns` is still the one with uid `uid`, not being deleted, with the comune's data,
+/// after giving the garbage collector time to act, were it owned.
+async fn kept_with_its_data(env: &Env, ns: &str, uid: &Option<String>) -> anyhow::Result<()> {
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let namespace = Api::<Namespace>::all(env.client()).get(ns).await?;
+    ensure!(
+        &namespace.metadata.uid == uid,
+        "namespace {ns} was made anew"
+    );
+    ensure!(
+        namespace.metadata.deletion_timestamp.is_none(),
+        "namespace {ns} is being deleted"
+    );
+    let data = env.api::<ConfigMap>(ns).get("protocollo").await?;
+    ensure!(data.data.context("data")?["n"] == "42", "data changed");
+    env.api::<ResourceQuota>(ns).get("consorzio-quota").await?;
+    Ok(())
+}
+
+/// Namespace `ns` is managed again: not labelled orphaned, its access bindings back.
+async fn adopted(env: &Env, ns: &str) -> anyhow::Result<()> {
+    wait_for("the namespace to be adopted", TIMEOUT, || async {
+        let namespace = Api::<Namespace>::all(env.client()).get(ns).await?;
+        ensure!(
+            !namespace.labels().contains_key("consorzio.io/orphaned"),
+            "still labelled orphaned"
+        );
+        ensure!(namespace.owner_references().is_empty(), "owned");
+        env.api::<RoleBinding>(ns).get("consorzio-admins").await?;
+        Ok(())
+    })
+    .await?;
+    env.api::<ConfigMap>(ns).get("protocollo").await?;
+    Ok(())
 }
 
 #[tokio::test]
@@ -528,12 +595,16 @@ async fn a_comune_is_ready_only_once_its_namespace_can_run_pods() {
                 "validations": [{"expression": "false", "message": "held back by a test"}],
             },
         }))?;
+        // The comune's namespace, and a probe namespace to see when the policy holds.
+        let probe = env.namespace("probe").await?;
         let binding: ValidatingAdmissionPolicyBinding = serde_json::from_value(json!({
             "metadata": {"name": policy.name_any()},
             "spec": {
                 "policyName": policy.name_any(),
                 "validationActions": ["Deny"],
-                "matchResources": {"namespaceSelector": {"matchLabels": {"consorzio.io/municipality": name}}},
+                "matchResources": {"namespaceSelector": {"matchExpressions": [{
+                    "key": "kubernetes.io/metadata.name", "operator": "In", "values": [ns, probe],
+                }]}},
             },
         }))?;
         let (policies, bindings) = (
@@ -544,26 +615,29 @@ async fn a_comune_is_ready_only_once_its_namespace_can_run_pods() {
         env.delete_later(&policy);
         bindings.create(&PostParams::default(), &binding).await?;
         env.delete_later(&binding);
-        let probe = env
-            .namespace_with_labels("probe", &[("consorzio.io/municipality", &name)])
-            .await?;
         let account = |ns: &str| -> anyhow::Result<ServiceAccount> {
-            Ok(serde_json::from_value(json!({"metadata": {"name": "default", "namespace": ns}}))?)
+            Ok(serde_json::from_value(
+                json!({"metadata": {"name": "default", "namespace": ns}}),
+            )?)
         };
         // A new ServiceAccount each time: the policy takes a moment to hold.
-        wait_for("the policy to hold ServiceAccounts back", TIMEOUT, || async {
-            let probe_account = serde_json::from_value(
-                json!({"metadata": {"generateName": "probe-", "namespace": probe}}),
-            )?;
-            let created = env
-                .api::<ServiceAccount>(&probe)
-                .create(&PostParams::default(), &probe_account)
-                .await;
-            match created {
-                Err(kube::Error::Api(status)) if status.message.contains("held back") => Ok(()),
-                other => bail!("not held back yet: {other:?}"),
-            }
-        })
+        wait_for(
+            "the policy to hold ServiceAccounts back",
+            TIMEOUT,
+            || async {
+                let probe_account = serde_json::from_value(
+                    json!({"metadata": {"generateName": "probe-", "namespace": probe}}),
+                )?;
+                let created = env
+                    .api::<ServiceAccount>(&probe)
+                    .create(&PostParams::default(), &probe_account)
+                    .await;
+                match created {
+                    Err(kube::Error::Api(status)) if status.message.contains("held back") => Ok(()),
+                    other => bail!("not held back yet: {other:?}"),
+                }
+            },
+        )
         .await?;
 
         apply(&env, &m).await?;
@@ -579,8 +653,12 @@ async fn a_comune_is_ready_only_once_its_namespace_can_run_pods() {
 
         // The policy goes and the ServiceAccount comes (made here: the controller-manager
         // would retry later): the comune becomes Ready.
-        bindings.delete(&binding.name_any(), &DeleteParams::default()).await?;
-        policies.delete(&policy.name_any(), &DeleteParams::default()).await?;
+        bindings
+            .delete(&binding.name_any(), &DeleteParams::default())
+            .await?;
+        policies
+            .delete(&policy.name_any(), &DeleteParams::default())
+            .await?;
         wait_for("the default ServiceAccount", TIMEOUT, || async {
             let created = env
                 .api::<ServiceAccount>(&ns)

@@ -12,6 +12,16 @@ use kube::{
     config::{KubeConfigOptions, Kubeconfig},
 };
 
+/// The operator's user name: the ServiceAccount the chart makes, in release `consorzio` and
+/// namespace `consorzio` (deploy/rbac/operator.yaml).
+pub const OPERATOR_USER: &str = "system:serviceaccount:consorzio:consorzio";
+/// The groups of a ServiceAccount of namespace `consorzio`.
+pub const OPERATOR_GROUPS: [&str; 3] = [
+    "system:serviceaccounts",
+    "system:serviceaccounts:consorzio",
+    "system:authenticated",
+];
+
 /// The local control plane started by `tests/cluster/up`.
 #[derive(Debug, Clone)]
 pub struct Cluster {
@@ -39,6 +49,12 @@ impl Cluster {
     /// Path of the admin kubeconfig.
     pub fn kubeconfig(&self) -> PathBuf {
         self.dir.join("kubeconfig")
+    }
+
+    /// Path of the operator's kubeconfig: the admin's certificate impersonating the chart's
+    /// ServiceAccount ([`OPERATOR_USER`]), written by `tests/cluster/up`.
+    pub fn operator_kubeconfig(&self) -> PathBuf {
+        self.dir.join("operator-kubeconfig")
     }
 
     /// Path of a binary of the cluster (`kubectl`, `helm`, `kwok`, `kcp`).
@@ -112,6 +128,13 @@ impl Cluster {
             ..Default::default()
         };
         Ok(Client::try_from(config)?)
+    }
+
+    /// A client with the operator's identity, its ServiceAccount `consorzio/consorzio`: what it
+    /// does is checked by the chart's RBAC and admission policies, which `tests/cluster/up`
+    /// installs.
+    pub async fn operator_client(&self) -> anyhow::Result<Client> {
+        self.client_as(OPERATOR_USER, &OPERATOR_GROUPS).await
     }
 
     /// A client that impersonates `user` in `groups`.

@@ -38,3 +38,33 @@ pub async fn install_crds(client: &Client) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Applies what the chart installs besides the operator's Deployment, as `tests/cluster/up` does:
+/// the namespace `consorzio`, the operator's ServiceAccount, RBAC and admission policies
+/// (deploy/rbac/operator.yaml) and the tenant roles, so that tests run under the current ones.
+/// Once per process.
+pub async fn install_platform(cluster: &crate::Cluster) -> anyhow::Result<()> {
+    static DONE: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    DONE.get_or_try_init(|| async {
+        let deploy = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy");
+        let files = [
+            "namespace.yaml",
+            "rbac/operator.yaml",
+            "rbac/tenant-roles.yaml",
+        ]
+        .map(|f| format!("{deploy}/{f}"));
+        let mut args = vec!["apply", "--server-side", "--force-conflicts"];
+        for f in &files {
+            args.extend(["-f", f]);
+        }
+        let out = crate::kubectl(cluster, &args).await?;
+        ensure!(
+            out.status.success(),
+            "applying the operator's RBAC and policies: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    })
+    .await
+    .map(|_| ())
+}

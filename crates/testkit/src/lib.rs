@@ -22,8 +22,8 @@ pub mod netpol;
 mod operator;
 mod wait;
 
-pub use cluster::{Cluster, kubectl};
-pub use crds::install_crds;
+pub use cluster::{Cluster, OPERATOR_GROUPS, OPERATOR_USER, kubectl};
+pub use crds::{install_crds, install_platform};
 pub use manifests::{example_manifests, examples_dir, yaml_documents};
 pub use operator::OperatorProcess;
 pub use wait::{wait_for, wait_gone};
@@ -45,7 +45,7 @@ use rand::Rng;
 use serde::de::DeserializeOwned;
 
 /// Label put on everything the testkit creates, so leftovers of a killed run can be found.
-pub const TEST_LABEL: &str = "consorzio.io/test";
+pub const TEST_LABEL: &str = "tests.consorzio.example/run";
 
 /// Default patience of the wait helpers.
 pub const TIMEOUT: Duration = Duration::from_secs(60);

@@ -47,7 +47,7 @@ impl OperatorProcess {
             // Application pods run on the fake nodes.
             .args(["--pod-toleration", "kwok.x-k8s.io/node:NoSchedule"])
             .args(args)
-            .env("KUBECONFIG", cluster.kubeconfig())
+            .env("KUBECONFIG", cluster.operator_kubeconfig())
             .env(
                 "RUST_LOG",
                 std::env::var("CONSORZIO_OPERATOR_LOG").unwrap_or_else(|_| "warn".into()),

@@ -108,7 +108,25 @@ fn is_current(ctx: &Context, desired: &Rendered) -> Result<Option<bool>, Error> 
         want.remove("apiVersion");
         want.remove("kind");
     }
-    Ok(Some(contains(&have, &want)))
+    Ok(Some(contains(&have, &want) && !stray(&have, &want)))
+}
+
+/// Whether the cluster's object has what the rendered one lacks and the operator set before:
+/// owner references (it renders none: an owner reference lets the garbage collector delete what
+/// holds data, e.g. a namespace whose Municipality's finalizer was removed by hand; an apply
+/// removes those earlier versions set), or the orphaned label of data kept when its owner went,
+/// which it adopts again.
+fn stray(have: &Value, want: &Value) -> bool {
+    let owners = |v: &Value| {
+        v.pointer("/metadata/ownerReferences")
+            .is_some_and(|o| !is_empty(o))
+    };
+    let orphaned = |v: &Value| {
+        v.pointer("/metadata/labels")
+            .and_then(|l| l.get(ORPHANED_LABEL))
+            .is_some()
+    };
+    (owners(have) && !owners(want)) || (orphaned(have) && !orphaned(want))
 }
 
 /// Applies `desired` unless the caches show the cluster already has it. Returns whether it wrote.
@@ -368,6 +386,20 @@ mod tests {
             &json!({"data": {"limits": "1000"}}),
             &json!({"data": {"limits": "1k"}})
         ));
+    }
+
+    #[test]
+    fn an_owner_reference_or_orphaned_label_not_rendered_is_a_change() {
+        let owned = json!({"metadata": {"name": "comune-a", "ownerReferences": [{"name": "a"}]}});
+        let desired = json!({"metadata": {"name": "comune-a"}});
+        assert!(contains(&owned, &desired) && stray(&owned, &desired));
+        assert!(!stray(&desired, &desired));
+        assert!(!stray(
+            &json!({"metadata": {"ownerReferences": []}}),
+            &desired
+        ));
+        let orphaned = json!({"metadata": {"labels": {ORPHANED_LABEL: "true"}}});
+        assert!(stray(&orphaned, &desired) && !stray(&orphaned, &orphaned));
     }
 
     #[test]

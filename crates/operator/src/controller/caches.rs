@@ -9,7 +9,7 @@ use std::{
 };
 
 use consorzio_api::{Municipality, QuotaUsage, SharedService};
-use futures::{StreamExt, TryStreamExt};
+use futures::{StreamExt, TryStreamExt, future};
 use k8s_openapi::api::core::v1::ResourceQuota;
 use kube::{
     Api, Client, Resource, ResourceExt,
@@ -31,7 +31,10 @@ use super::{
 };
 use crate::{
     metrics::Metrics,
-    render::{MANAGED_BY, MUNICIPALITY_LABEL, Rendered, service::SERVICE_LABEL},
+    render::{
+        MANAGED_BY, MUNICIPALITY_LABEL, Rendered, service::SERVICE_LABEL,
+        shared::SHARED_NAMESPACE_PREFIX,
+    },
 };
 
 /// The changes of one kind, as one controller receives them from the shared cache.
@@ -141,7 +144,7 @@ impl Caches {
                 }
                 Cache::Managed => Box::new(by_owner(triggers)),
             };
-            by_kind.insert(kind.kind, watch(client, kind, route));
+            by_kind.insert(kind.kind, watch(client, kind, namespace_prefix, route));
         }
         for cache in by_kind.values() {
             cache.store.wait_until_ready().await?;
@@ -202,8 +205,22 @@ fn list_config() -> watcher::Config {
     watcher::Config::default().page_size(50)
 }
 
-/// Starts the cache of `kind`; `changed` hears of each change once the cache has it.
-fn watch(client: &Client, kind: &Kind, changed: Route) -> KindCache {
+/// Whether an object is a namespace the operator manages, or in one, by its name: a comune's
+/// (`<prefix><comune>`) or a Shared service's (`shared-<service>`). Only those are cached:
+/// whatever carries consorzio's labels elsewhere (which the chart's label guard refuses to anyone
+/// but the operator, but a cluster may lack the guard) is dropped as it arrives, so that no one
+/// can fill the operator's memory, nor have it act, from a namespace of their own.
+fn in_managed_namespace(obj: &DynamicObject, prefix: &str) -> bool {
+    let ns = match &obj.metadata.namespace {
+        Some(ns) => ns.as_str(),
+        None => obj.metadata.name.as_deref().unwrap_or_default(),
+    };
+    ns.starts_with(prefix) || ns.starts_with(SHARED_NAMESPACE_PREFIX)
+}
+
+/// Starts the cache of `kind` (what is in managed namespaces); `changed` hears of each change
+/// once the cache has it.
+fn watch(client: &Client, kind: &Kind, prefix: &str, changed: Route) -> KindCache {
     let config = match kind.cache {
         Cache::Named(name) => list_config().fields(&format!("metadata.name={name}")),
         _ => list_config().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1)),
@@ -214,11 +231,21 @@ fn watch(client: &Client, kind: &Kind, changed: Route) -> KindCache {
     let api = Api::<DynamicObject>::all_with(client.clone(), &kind.resource());
     let events = {
         let index = index.clone();
-        watcher(api, config).default_backoff().map_ok(move |event| {
-            let event = cached::event(event, &dictionary);
-            index.follow(&event);
-            event
-        })
+        let prefix = prefix.to_string();
+        let managed = move |event: &Event<DynamicObject>| match event {
+            Event::Apply(obj) | Event::InitApply(obj) | Event::Delete(obj) => {
+                in_managed_namespace(obj, &prefix)
+            }
+            Event::Init | Event::InitDone => true,
+        };
+        let watch = watcher(api, config).default_backoff();
+        watch
+            .try_filter(move |e| future::ready(managed(e)))
+            .map_ok(move |event| {
+                let event = cached::event(event, &dictionary);
+                index.follow(&event);
+                event
+            })
     };
     let stream = reflector::reflector(writer, events).touched_objects();
     let kind_name = kind.kind;
@@ -342,6 +369,35 @@ mod tests {
             serde_json::from_value(json!({"metadata": {"name": name, "namespace": ns}}))
                 .expect("an object");
         Cached::new(obj, &cached::Dictionary::default())
+    }
+
+    #[test]
+    fn only_what_is_in_the_operators_namespaces_is_cached() {
+        let obj = |ns: Option<&str>, name: &str| -> DynamicObject {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name, "namespace": ns,
+                             "labels": {"app.kubernetes.io/managed-by": "consorzio"}}}))
+            .unwrap()
+        };
+        assert!(in_managed_namespace(
+            &obj(Some("comune-alvito"), "c"),
+            "comune-"
+        ));
+        assert!(in_managed_namespace(
+            &obj(Some("shared-sit"), "c"),
+            "comune-"
+        ));
+        assert!(in_managed_namespace(&obj(None, "comune-alvito"), "comune-"));
+        assert!(!in_managed_namespace(
+            &obj(Some("kube-system"), "c"),
+            "comune-"
+        ));
+        assert!(!in_managed_namespace(&obj(Some("team-a"), "c"), "comune-"));
+        assert!(!in_managed_namespace(&obj(None, "team-a"), "comune-"));
+        assert!(!in_managed_namespace(
+            &obj(Some("comune-alvito"), "c"),
+            "gemeinde-"
+        ));
     }
 
     #[test]

@@ -13,7 +13,6 @@ pub mod template;
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::{
     Resource, ResourceExt,
     api::DynamicObject,
@@ -116,14 +115,6 @@ pub(crate) fn managed_meta(
         ])),
         ..Default::default()
     }
-}
-
-/// An owner reference to `owner`, when it has a uid (objects read from files have none).
-pub(crate) fn owner_reference<K>(owner: &K) -> Option<OwnerReference>
-where
-    K: Resource<DynamicType = ()>,
-{
-    owner.controller_owner_ref(&())
 }
 
 /// A label value made from free text: lowercase letters, digits and '-', at most 63 characters.

@@ -16,7 +16,7 @@ use kube::ResourceExt;
 
 use super::{
     Config, MANAGED_BY, MUNICIPALITY_LABEL, ORPHANED_LABEL, Rendered, label_value, managed_meta,
-    network, owner_reference,
+    network,
 };
 
 /// Name of the ClusterRole bound to a comune's admins.
@@ -125,8 +125,10 @@ pub(super) fn pod_security_restricted() -> impl Iterator<Item = (String, String)
     })
 }
 
-/// The comune's namespace: labelled with the comune's fields and Pod Security `restricted`.
-/// Only the namespace is owned by the Municipality; what is inside goes with the namespace.
+/// The comune's namespace: labelled with the comune's fields and Pod Security `restricted`. It has
+/// no owner reference: it holds the comune's data, which only the operator deletes, under
+/// `deletionPolicy: Delete` (a finalizer removed by hand must not let the garbage collector
+/// delete it). The labels say whose it is; only the operator can set them (the label guard).
 pub fn render_namespace(m: &Municipality, config: &Config, orphaned: bool) -> Namespace {
     let mut labels = municipality_labels(m);
     labels.insert(MANAGED_BY.0.into(), MANAGED_BY.1.into());
@@ -143,8 +145,6 @@ pub fn render_namespace(m: &Municipality, config: &Config, orphaned: bool) -> Na
         namespace
             .labels_mut()
             .insert(ORPHANED_LABEL.into(), "true".into());
-    } else if let Some(reference) = owner_reference(m) {
-        namespace.metadata.owner_references = Some(vec![reference]);
     }
     namespace
 }
@@ -290,14 +290,13 @@ spec:
         assert_eq!(labels["consorzio.io/canton"], "TI");
         assert_eq!(labels["consorzio.io/union"], "citta-ticinesi");
         assert_eq!(labels["pod-security.kubernetes.io/enforce"], "restricted");
-        assert_eq!(ns.owner_references()[0].name, "lugano");
+        assert!(ns.owner_references().is_empty(), "it holds data: no owner");
         assert!(!labels.contains_key(ORPHANED_LABEL));
     }
 
     #[test]
-    fn an_orphaned_namespace_has_no_owner_and_says_so() {
+    fn an_orphaned_namespace_says_so() {
         let ns = render_namespace(&from_yaml(LUGANO), &Config::default(), true);
-        assert!(ns.owner_references().is_empty());
         assert_eq!(ns.labels()[ORPHANED_LABEL], "true");
     }
 

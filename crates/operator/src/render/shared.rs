@@ -27,7 +27,6 @@ use super::{
     managed_meta,
     municipality::{namespace_name, pod_security_restricted, render_limit_range},
     network::render_network_policies,
-    owner_reference,
     service::{SERVICE_LABEL, labels, meta, template_version},
 };
 
@@ -37,9 +36,12 @@ pub const SUBSCRIBER_LABEL_PREFIX: &str = "services.consorzio.io/";
 /// The policy of the shared namespace that admits the subscribed comuni.
 pub const SUBSCRIBERS_POLICY: &str = "consorzio-allow-subscribers";
 
+/// Prefix of a Shared service's namespace: `shared-<service>`.
+pub const SHARED_NAMESPACE_PREFIX: &str = "shared-";
+
 /// The namespace of a Shared service's instance.
 pub fn shared_namespace(s: &SharedService) -> String {
-    format!("shared-{}", s.name_any())
+    format!("{SHARED_NAMESPACE_PREFIX}{}", s.name_any())
 }
 
 /// The namespace label that subscribes a comune to `s`.
@@ -145,7 +147,8 @@ pub fn render_shared(
     Ok(out)
 }
 
-/// The shared namespace, owned by the SharedService (or, `orphaned`, left behind with its data).
+/// The shared namespace (or, `orphaned`, left behind with its data). Like a comune's, it has no
+/// owner reference: only the operator deletes it.
 pub fn render_shared_namespace(s: &SharedService, orphaned: bool) -> Namespace {
     let mut labels = BTreeMap::from([
         (MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string()),
@@ -159,7 +162,6 @@ pub fn render_shared_namespace(s: &SharedService, orphaned: bool) -> Namespace {
         metadata: ObjectMeta {
             name: Some(shared_namespace(s)),
             labels: Some(labels),
-            owner_references: owner_reference(s).filter(|_| !orphaned).map(|r| vec![r]),
             ..Default::default()
         },
         ..Default::default()
@@ -316,10 +318,7 @@ spec:
             ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"],
             "restricted"
         );
-        assert_eq!(
-            ns["metadata"]["ownerReferences"][0]["kind"],
-            "SharedService"
-        );
+        assert!(ns["metadata"]["ownerReferences"].is_null(), "no owner");
         let subscribers = json(&objects[7]);
         assert_eq!(
             subscribers["spec"]["ingress"][0]["from"][0]["namespaceSelector"]["matchLabels"]["services.consorzio.io/sit"],
@@ -335,9 +334,8 @@ spec:
     }
 
     #[test]
-    fn orphaned_namespace_loses_its_owner() {
+    fn orphaned_namespace_says_so() {
         let ns = render_shared_namespace(&sit(), true);
-        assert!(ns.metadata.owner_references.is_none());
         assert_eq!(ns.labels()[ORPHANED_LABEL], "true");
     }
 

@@ -12,7 +12,8 @@ use consorzio::{
 };
 use consorzio_api::{Municipality, SharedService, SharedServiceStatus};
 use consorzio_testkit::{
-    Env, TIMEOUT, example_manifests, install_crds, unique_name, wait_for, wait_gone,
+    Env, TIMEOUT, example_manifests, install_crds, install_platform, unique_name, wait_for,
+    wait_gone,
 };
 use k8s_openapi::api::core::v1::Namespace;
 use kube::{
@@ -35,17 +36,18 @@ pub struct Operator {
 }
 
 impl Operator {
-    /// Starts an operator with the default settings (plus a toleration of the fake nodes), after
-    /// installing the CRDs and tenant roles.
+    /// Starts an operator with the default settings (plus a toleration of the fake nodes), with
+    /// the identity of the chart's ServiceAccount: under its RBAC and admission policies.
     pub async fn start(env: &Env) -> anyhow::Result<Operator> {
-        Operator::start_with(env, env.client()).await
+        Operator::start_with(env, env.cluster().operator_client().await?).await
     }
 
     /// [`Operator::start`], with the operator's requests made by `client` (e.g. with a
-    /// ServiceAccount's token); the CRDs and tenant roles are installed as the admin.
+    /// ServiceAccount's token); the CRDs, the operator's RBAC and policies and the tenant roles
+    /// are installed as the admin.
     pub async fn start_with(env: &Env, client: kube::Client) -> anyhow::Result<Operator> {
         install_crds(&env.client()).await?;
-        install_tenant_roles(env).await?;
+        install_platform(env.cluster()).await?;
         let metrics = Arc::new(Metrics::default());
         let config = Config {
             pod_tolerations: vec![k8s_openapi::api::core::v1::Toleration {
@@ -109,21 +111,6 @@ pub fn sum_of(text: &str, metric: &str) -> u64 {
 /// Holds the operator lock for the test's duration.
 pub async fn exclusive() -> tokio::sync::MutexGuard<'static, ()> {
     ONE_OPERATOR.lock().await
-}
-
-async fn install_tenant_roles(env: &Env) -> anyhow::Result<()> {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../deploy/rbac/tenant-roles.yaml"
-    );
-    let out =
-        consorzio_testkit::kubectl(env.cluster(), &["apply", "--server-side", "-f", path]).await?;
-    ensure!(
-        out.status.success(),
-        "applying tenant roles: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
 }
 
 /// A valid Italian Municipality with a fresh name, admins `<name>-admins`, viewers

@@ -18,7 +18,7 @@ use kube::{
 
 use super::{
     Context, Error, Events,
-    apply::{Applied, Reclaim, apply_unless_unseen, remove, unrendered},
+    apply::{Applied, Reclaim, apply_unless_unseen, delete, remove, unrendered},
     conditions::{Ready, is_ready},
     kinds::{self, Owner},
     namespace::{NamespaceState, conflict_message, namespace_state, release},
@@ -192,6 +192,19 @@ async fn prune(
     Ok(())
 }
 
+/// A comune that goes keeping its data loses its people's access to it: its admins' and viewers'
+/// RoleBindings are deleted (re-applying the Municipality makes them again).
+async fn revoke_access(m: &Municipality, ns: &str, ctx: &Context) -> Result<(), Error> {
+    let name = m.name_any();
+    for binding in ctx.caches.in_namespace(&kinds::ROLE_BINDING, ns) {
+        let comune = binding.label(MUNICIPALITY_LABEL) == Some(name.as_str());
+        if comune && binding.label(SERVICE_LABEL).is_none() && !binding.deleting() {
+            delete(ctx, &kinds::ROLE_BINDING, Some(ns), binding.name()).await?;
+        }
+    }
+    Ok(())
+}
+
 /// The Municipality is being deleted: keep its namespace (Retain) or delete it (Delete), then
 /// let it go.
 async fn cleanup(m: &Municipality, ctx: &Context) -> Result<Action, Error> {
@@ -207,6 +220,9 @@ async fn cleanup(m: &Municipality, ctx: &Context) -> Result<Action, Error> {
     };
     match (reclaim, state) {
         (_, NamespaceState::Ours) => {
+            if reclaim == Reclaim::Retain {
+                revoke_access(m, &ns, ctx).await?;
+            }
             let orphaned = Rendered::new(&render_namespace(m, &ctx.config, true))
                 .map_err(Error::render(describe_of(m)))?;
             release(ctx, m, &ns, reclaim, &orphaned, policy).await?;
