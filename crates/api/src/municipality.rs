@@ -371,4 +371,7 @@ pub struct ServiceInstanceStatus {
     /// The version (image tag or digest) the instance runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
+    /// When Failed: what went wrong, where and why (the operator retries with backoff).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }

@@ -76,6 +76,14 @@ struct Settings {
         value_delimiter = ','
     )]
     pod_tolerations: Vec<String>,
+    /// Address ranges (CIDR, repeatable) that a comune's internet egress never reaches, besides
+    /// the private and special-purpose ones always excluded: e.g. the nodes' public addresses.
+    #[arg(
+        long = "internet-egress-except",
+        env = "CONSORZIO_INTERNET_EGRESS_EXCEPT",
+        value_delimiter = ','
+    )]
+    internet_egress_except: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -136,6 +144,12 @@ impl Settings {
                  digits or '-', not starting with '-' (comune names may be 55 characters long)"
             );
         }
+        let shared = consorzio::render::shared::SHARED_NAMESPACE_PREFIX;
+        if prefix.starts_with(shared) || shared.starts_with(prefix.as_str()) {
+            bail!(
+                "--namespace-prefix {prefix:?} overlaps {shared:?}, the prefix of Shared services'                  namespaces: a comune's namespace could be a service's"
+            );
+        }
         let mut labels = BTreeMap::new();
         for pair in self
             .ingress_namespace_selector
@@ -150,7 +164,15 @@ impl Settings {
         if labels.is_empty() {
             bail!("--ingress-namespace-selector needs at least one key=value label");
         }
+        for cidr in &self.internet_egress_except {
+            if !consorzio::render::is_cidr(cidr) {
+                bail!(
+                    "--internet-egress-except {cidr:?} is not an address range, e.g. 203.0.113.0/24 or 2001:db8::/32"
+                );
+            }
+        }
         Ok(Config {
+            internet_egress_except: self.internet_egress_except.clone(),
             namespace_prefix: prefix.clone(),
             ingress_namespace_labels: labels,
             concurrency: self.concurrency,

@@ -275,7 +275,11 @@ fn admission_policies_cover_every_kind_the_operator_writes() -> anyhow::Result<(
             }
         }
     }
-    for name in ["consorzio-operator-guard", "consorzio-label-guard"] {
+    for name in [
+        "consorzio-operator-guard",
+        "consorzio-label-guard",
+        "consorzio-managed-objects",
+    ] {
         let policy = docs
             .iter()
             .find(|d| d["kind"] == "ValidatingAdmissionPolicy" && d["metadata"]["name"] == name)
@@ -304,6 +308,49 @@ fn admission_policies_cover_every_kind_the_operator_writes() -> anyhow::Result<(
         });
         ensure!(bound, "{name} is not bound");
     }
+    Ok(())
+}
+
+/// Finding 11: a comune's quota counts every kind its admins can create, so that none can be made
+/// in unbounded numbers.
+#[test]
+fn the_quota_counts_every_kind_a_comunes_admin_can_create() -> anyhow::Result<()> {
+    let docs = template("consorzio", "consorzio", &[])?;
+    let role = docs
+        .iter()
+        .find(|d| {
+            d["kind"] == "ClusterRole" && d["metadata"]["name"] == "consorzio-municipality-admin"
+        })
+        .context("the tenant admin role")?;
+    let counted: BTreeSet<String> = consorzio::render::municipality::OBJECT_COUNTS
+        .iter()
+        .map(|(k, _)| k.to_string())
+        .chain(["pods".to_string()])
+        .collect();
+    let mut creatable = 0;
+    for rule in role["rules"].as_array().context("rules")? {
+        if !strings(&rule["verbs"]).contains(&"create".to_string()) {
+            continue;
+        }
+        for group in strings(&rule["apiGroups"]) {
+            for resource in strings(&rule["resources"]) {
+                if resource.contains('/') {
+                    continue; // exec, port-forward, attach, scale: no object is made
+                }
+                creatable += 1;
+                let keys = if group.is_empty() {
+                    vec![resource.clone(), format!("count/{resource}")]
+                } else {
+                    vec![format!("count/{resource}.{group}")]
+                };
+                ensure!(
+                    keys.iter().any(|k| counted.contains(k)),
+                    "{group}/{resource}: a comune's admin creates them, its quota does not count them"
+                );
+            }
+        }
+    }
+    ensure!(creatable >= 10, "only {creatable} kinds found");
     Ok(())
 }
 

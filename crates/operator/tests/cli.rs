@@ -98,6 +98,27 @@ fn render_refuses_bad_input_with_the_place_of_the_error() {
         err.contains("--namespace-prefix \"Bad_\" is not usable"),
         "{err}"
     );
+    // A comune's namespace could be a Shared service's.
+    for overlapping in ["shared-", "sh"] {
+        let (ok, _, err) = consorzio(&[
+            "render",
+            "--namespace-prefix",
+            overlapping,
+            "-f",
+            file.to_str().unwrap(),
+        ]);
+        assert!(!ok);
+        assert!(err.contains("overlaps \"shared-\""), "{err}");
+    }
+    let (ok, _, err) = consorzio(&[
+        "render",
+        "--internet-egress-except",
+        "10.0.0.0/33",
+        "-f",
+        file.to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(err.contains("is not an address range"), "{err}");
 }
 
 #[test]

@@ -71,7 +71,7 @@ async fn access_point(env: &Env, ns: &str, service: &str) -> anyhow::Result<Opti
         .await?;
     let policy = env
         .api::<NetworkPolicy>(ns)
-        .get_opt(&format!("consorzio-allow-{service}"))
+        .get_opt(&format!("consorzio-service-{service}"))
         .await?;
     let label = Api::<Namespace>::all(env.client())
         .get(ns)

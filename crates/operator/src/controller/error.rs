@@ -126,6 +126,20 @@ impl Error {
         }
     }
 
+    /// What went wrong, where and why, in one line: the step and object, and the API server's
+    /// (or the renderer's) own message.
+    pub fn explain(&self) -> String {
+        match self {
+            Error::Kube {
+                source: kube::Error::Api(status),
+                ..
+            } => format!("{self}: {}", status.message),
+            Error::Kube { source, .. } => format!("{self}: {source}"),
+            Error::Render { source, .. } => format!("{self}: {source}"),
+            Error::Malformed(_) => self.to_string(),
+        }
+    }
+
     /// Permanent errors wait for the object to change; transient ones are retried with backoff.
     pub fn is_permanent(&self) -> bool {
         matches!(self, Error::Render { .. } | Error::Malformed(_)) || self.status() == Some(422)

@@ -73,6 +73,8 @@ pub struct Context {
     instance_states: cached::Readings<service::InstanceState>,
     /// The comuni's objects created a moment ago.
     created: apply::Created,
+    /// The services' failures on each comune, in a row.
+    retries: service::Retries,
 }
 
 impl Debug for Context {
@@ -145,6 +147,7 @@ impl Context {
             entries,
             instance_states: Default::default(),
             created: Default::default(),
+            retries: Default::default(),
         };
         let streams = Streams {
             municipalities: municipality_events,

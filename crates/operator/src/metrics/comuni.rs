@@ -14,6 +14,8 @@ pub(super) struct Comune {
     pub(super) ready: bool,
     /// (hard, used) for each of `QUOTA_RESOURCES` the comune's quota has.
     pub(super) quota: [Option<(f64, f64)>; QUOTA_RESOURCES.len()],
+    /// The services whose pass failed on this comune, and why (an error reason).
+    pub(super) failing: BTreeMap<Box<str>, &'static str>,
 }
 
 impl Comuni {
@@ -71,6 +73,22 @@ impl Collector for Comuni {
                     ];
                     m.encode_family(&labels)?.encode_gauge(value)?;
                 }
+            }
+        }
+        let mut m = encoder.encode_descriptor(
+            "municipality_service_failing",
+            "1 while a service's pass fails on this comune (its instance or access point), by reason",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (name, c) in comuni.iter() {
+            for (service, reason) in &c.failing {
+                let labels = [
+                    ("municipality", name.as_ref()),
+                    ("service", service.as_ref()),
+                    ("reason", reason),
+                ];
+                m.encode_family(&labels)?.encode_gauge(&1)?;
             }
         }
         Ok(())

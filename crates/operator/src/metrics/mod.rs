@@ -276,6 +276,18 @@ impl Metrics {
         });
     }
 
+    /// Records whether `service`'s pass failed on `municipality`, and why (an error reason).
+    pub fn set_failing(&self, municipality: &str, service: &str, reason: Option<&'static str>) {
+        self.comuni.with(municipality, |c| match reason {
+            Some(reason) => {
+                c.failing.insert(service.into(), reason);
+            }
+            None => {
+                c.failing.remove(service);
+            }
+        });
+    }
+
     /// Records a comune's quota of one of `QUOTA_RESOURCES`: its hard limit and what is used.
     pub fn set_quota(&self, municipality: &str, resource: &str, hard: f64, used: f64) {
         if let Some(i) = QUOTA_RESOURCES.iter().position(|r| *r == resource) {

@@ -2,6 +2,8 @@
 //! No I/O: the controllers apply what these return, and `consorzio render` prints it.
 
 #[cfg(test)]
+mod collisions;
+#[cfg(test)]
 mod fixtures;
 pub mod instance;
 pub mod municipality;
@@ -44,6 +46,9 @@ pub struct Config {
     /// Tolerations given to every application pod the operator creates (e.g. for a dedicated
     /// node pool).
     pub pod_tolerations: Vec<k8s_openapi::api::core::v1::Toleration>,
+    /// Address ranges a comune's internet egress never reaches, besides the private and
+    /// special-purpose ones (e.g. the nodes' public addresses), IPv4 or IPv6.
+    pub internet_egress_except: Vec<String>,
 }
 
 impl Default for Config {
@@ -56,7 +61,20 @@ impl Default for Config {
             )]),
             concurrency: 16,
             pod_tolerations: vec![],
+            internet_egress_except: vec![],
         }
+    }
+}
+
+/// Whether `text` is an IPv4 or IPv6 address range, `address/prefix`.
+pub fn is_cidr(text: &str) -> bool {
+    let Some((address, bits)) = text.split_once('/') else {
+        return false;
+    };
+    match (address.parse::<std::net::IpAddr>(), bits.parse::<u8>()) {
+        (Ok(std::net::IpAddr::V4(_)), Ok(bits)) => bits <= 32,
+        (Ok(std::net::IpAddr::V6(_)), Ok(bits)) => bits <= 128,
+        _ => false,
     }
 }
 

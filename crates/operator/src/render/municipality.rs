@@ -153,25 +153,46 @@ fn quantity(text: &str) -> Quantity {
     Quantity(text.to_string())
 }
 
+/// How many objects of each kind a comune's admins can create (`deploy/rbac/tenant-roles.yaml`)
+/// its namespace may hold, besides pods (from the spec): every kind they create in numbers is
+/// counted, so no comune can fill the API server's storage.
+pub const OBJECT_COUNTS: &[(&str, &str)] = &[
+    ("persistentvolumeclaims", "50"),
+    ("services", "50"),
+    ("configmaps", "200"),
+    ("secrets", "200"),
+    ("count/serviceaccounts", "50"),
+    ("count/deployments.apps", "50"),
+    ("count/statefulsets.apps", "20"),
+    ("count/jobs.batch", "100"),
+    ("count/cronjobs.batch", "20"),
+    ("count/horizontalpodautoscalers.autoscaling", "20"),
+    ("count/poddisruptionbudgets.policy", "20"),
+    ("count/ingresses.networking.k8s.io", "50"),
+];
+
 /// The comune's quota: compute, memory, storage and pods from the spec, a bound on other objects,
 /// and no NodePort or LoadBalancer Services. A suspended comune may run no pods.
 fn render_quota(m: &Municipality, ns: &str, owner: (&str, &str)) -> ResourceQuota {
     let q = &m.spec.quota;
     let pods = if m.spec.suspended { 0 } else { q.pods };
-    let hard = BTreeMap::from([
+    let hard: BTreeMap<String, Quantity> = [
         ("requests.cpu".to_string(), q.cpu.clone()),
         ("limits.cpu".to_string(), q.cpu.clone()),
         ("requests.memory".to_string(), q.memory.clone()),
         ("limits.memory".to_string(), q.memory.clone()),
         ("requests.storage".to_string(), q.storage.clone()),
         ("pods".to_string(), quantity(&pods.to_string())),
-        ("persistentvolumeclaims".to_string(), quantity("50")),
-        ("services".to_string(), quantity("50")),
-        ("configmaps".to_string(), quantity("200")),
-        ("secrets".to_string(), quantity("200")),
         ("services.nodeports".to_string(), quantity("0")),
         ("services.loadbalancers".to_string(), quantity("0")),
-    ]);
+    ]
+    .into_iter()
+    .chain(
+        OBJECT_COUNTS
+            .iter()
+            .map(|(resource, n)| (resource.to_string(), quantity(n))),
+    )
+    .collect();
     ResourceQuota {
         metadata: managed_meta("consorzio-quota", Some(ns), owner),
         spec: Some(ResourceQuotaSpec {

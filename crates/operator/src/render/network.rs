@@ -169,12 +169,18 @@ pub fn render_network_policies(
         ),
     ];
     if internet {
-        let block = |cidr: &str, except: &[&str]| NetworkPolicyPeer {
-            ip_block: Some(IPBlock {
-                cidr: cidr.into(),
-                except: Some(except.iter().map(|s| s.to_string()).collect()),
-            }),
-            ..Default::default()
+        // The platform's own exclusions go with the family they belong to.
+        let block = |cidr: &str, except: &[&str], v6: bool| {
+            let mut except: Vec<String> = except.iter().map(|s| s.to_string()).collect();
+            let extra = config.internet_egress_except.iter();
+            except.extend(extra.filter(|cidr| cidr.contains(':') == v6).cloned());
+            NetworkPolicyPeer {
+                ip_block: Some(IPBlock {
+                    cidr: cidr.into(),
+                    except: Some(except),
+                }),
+                ..Default::default()
+            }
         };
         policies.push(policy(
             INTERNET_EGRESS,
@@ -183,8 +189,8 @@ pub fn render_network_policies(
             None,
             Some(vec![NetworkPolicyEgressRule {
                 to: Some(vec![
-                    block("0.0.0.0/0", NOT_INTERNET_V4),
-                    block("::/0", NOT_INTERNET_V6),
+                    block("0.0.0.0/0", NOT_INTERNET_V4, false),
+                    block("::/0", NOT_INTERNET_V6, true),
                 ]),
                 ports: None,
             }]),
@@ -244,5 +250,18 @@ mod tests {
                 "{not_internet}"
             );
         }
+        // The platform excludes more: its nodes' public addresses, say.
+        let config = Config {
+            internet_egress_except: vec!["93.184.216.0/24".into(), "2001:4860::/32".into()],
+            ..Config::default()
+        };
+        let policies = render_network_policies(true, "comune-a", &config, ("o", "a"));
+        for excluded in ["93.184.216.34", "2001:4860:4860::8888"] {
+            assert!(
+                !decide(&policies, &[], &pod, &at(excluded), 443),
+                "{excluded}"
+            );
+        }
+        assert!(decide(&policies, &[], &pod, &at("8.8.8.8"), 443));
     }
 }

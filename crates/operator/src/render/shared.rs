@@ -54,9 +54,11 @@ pub fn connection_name(s: &SharedService) -> String {
     format!("{}-connection", s.name_any())
 }
 
-/// The name of the egress policy that opens a comune to a Shared service.
+/// The name of the egress policy that opens a comune to a Shared service. The namespace's own
+/// policies are `consorzio-default-deny` and `consorzio-allow-<what>`: no service's name can make
+/// one of theirs (a service named `dns` once wrote its policy over `consorzio-allow-dns`).
 pub fn access_policy_name(s: &SharedService) -> String {
-    format!("consorzio-allow-{}", s.name_any())
+    format!("consorzio-service-{}", s.name_any())
 }
 
 /// The in-cluster URL of a comune's access point to `s`, in the comune's namespace `ns`.
@@ -348,7 +350,7 @@ spec:
             [
                 "ConfigMap comune-roccaraso/sit-connection",
                 "Service comune-roccaraso/sit",
-                "NetworkPolicy comune-roccaraso/consorzio-allow-sit",
+                "NetworkPolicy comune-roccaraso/consorzio-service-sit",
             ]
         );
         let connection = json(&objects[0]);

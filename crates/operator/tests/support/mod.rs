@@ -46,6 +46,13 @@ impl Operator {
     /// ServiceAccount's token); the CRDs, the operator's RBAC and policies and the tenant roles
     /// are installed as the admin.
     pub async fn start_with(env: &Env, client: kube::Client) -> anyhow::Result<Operator> {
+        // CONSORZIO_TEST_LOG=debug shows what the operator does (with --nocapture).
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_env(
+                "CONSORZIO_TEST_LOG",
+            ))
+            .with_test_writer()
+            .try_init();
         install_crds(&env.client()).await?;
         install_platform(env.cluster()).await?;
         let metrics = Arc::new(Metrics::default());

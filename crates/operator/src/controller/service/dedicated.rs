@@ -12,8 +12,8 @@ use super::{
         apply::apply_all,
         passes::{Scope, Went},
     },
-    bounded,
     credentials::ensure_credentials,
+    failures::{each, on, reasons, record},
     observe::{instance_state, serving},
     rollout::{Observed, plan},
     status::{Summary, entry, finish, summarize, write_status},
@@ -85,28 +85,35 @@ pub async fn reconcile_dedicated(
     };
     let wrote = AtomicBool::new(false);
     let (namespaces_ref, report_ref, wrote_ref) = (&namespaces, &report, &wrote);
-    bounded(plan.apply.iter().copied(), ctx, |i| async move {
+    let mut failures = each(plan.apply.iter().copied(), ctx, |i| async move {
         let m = comuni[i];
         let ns = &namespaces_ref[i];
-        ensure_credentials(s, ns, Some(&m.name_any()), ctx).await?;
-        // The same inputs rendered without error above.
-        let rendered = render_dedicated(s, m, &ctx.config)
-            .map_err(|_| Error::Malformed("an instance template that rendered before"))?;
-        let applied = apply_all(ctx, &rendered).await?;
-        let removed = remove_unrendered(s, ns, &rendered, ctx).await?;
-        if applied || removed {
-            wrote_ref.store(true, Ordering::Relaxed);
-        }
-        report_ref(i);
-        Ok(())
+        let work = async {
+            ensure_credentials(s, ns, Some(&m.name_any()), ctx).await?;
+            // The same inputs rendered without error above.
+            let rendered = render_dedicated(s, m, &ctx.config)
+                .map_err(|_| Error::Malformed("an instance template that rendered before"))?;
+            let applied = apply_all(ctx, &rendered).await?;
+            let removed = remove_unrendered(s, ns, &rendered, ctx).await?;
+            if applied || removed {
+                wrote_ref.store(true, Ordering::Relaxed);
+            }
+            report_ref(i);
+            Ok(())
+        };
+        work.await.map_err(on(m.name_any()))
     })
-    .await?;
-    prune(s, namespaces.iter().cloned().collect(), scope, ctx).await?;
+    .await;
+    failures.extend(prune(s, namespaces.iter().cloned().collect(), scope, ctx).await);
     // The entries of comuni the pass does not cover have not changed since the last.
     (0..comuni.len())
         .filter(|&i| scope.covers(&comuni[i].name_any()))
         .for_each(report);
+    let retry = record(s, &failures, |c| scope.covers(c), ctx).await;
     let halted = plan.halted.iter().map(|&i| comuni[i].name_any()).collect();
-    let summary = summarize(s, comuni, &states, halted);
-    Ok((finish(s, summary, ctx).await?, went(&wrote)))
+    let summary = summarize(s, comuni, &states, halted).failed_on(reasons(&failures));
+    Ok((
+        finish(s, summary, retry, ctx).await?,
+        went(&wrote, &failures),
+    ))
 }

@@ -6,6 +6,7 @@
 
 mod credentials;
 mod dedicated;
+mod failures;
 mod observe;
 mod rollout;
 mod shared;
@@ -21,7 +22,7 @@ use std::{
 };
 
 use consorzio_api::{Municipality, SharedService};
-use futures::{FutureExt, Stream, StreamExt, TryStreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use kube::{
     Resource, ResourceExt,
     core::DeserializeGuard,
@@ -31,6 +32,7 @@ use kube::{
     },
 };
 
+pub use failures::Retries;
 pub use observe::InstanceState;
 
 use super::{
@@ -184,26 +186,12 @@ where
     matches!(store.wait_until_ready().now_or_never(), Some(Ok(())))
 }
 
-/// Runs `work` on every item, at most `--concurrency` at a time: a reconcile that touches many
-/// comuni neither waits on each in turn nor floods the API server. The first error ends it.
-async fn bounded<T, Fut>(
-    items: impl IntoIterator<Item = T>,
-    ctx: &Context,
-    work: impl Fn(T) -> Fut,
-) -> Result<(), Error>
-where
-    Fut: Future<Output = Result<(), Error>>,
-{
-    futures::stream::iter(items.into_iter().map(work))
-        .buffer_unordered(usize::from(ctx.config.concurrency.max(1)))
-        .try_collect::<Vec<()>>()
-        .await?;
-    Ok(())
-}
-
-/// How far a pass went that did all it had to: whether it wrote.
-fn went(wrote: &AtomicBool) -> Went {
-    if wrote.load(Ordering::Relaxed) {
+/// How far a pass went: through, writing or not, unless it failed on some comune (the next
+/// pass then covers every comune).
+fn went(wrote: &AtomicBool, failures: &[failures::Failed]) -> Went {
+    if !failures.is_empty() {
+        Went::Partly
+    } else if wrote.load(Ordering::Relaxed) {
         Went::Wrote
     } else {
         Went::Through

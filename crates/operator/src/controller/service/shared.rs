@@ -25,8 +25,8 @@ use super::{
         namespace::{NamespaceState, conflict_message, namespace_state},
         passes::{Scope, Went},
     },
-    bounded,
     credentials::ensure_credentials,
+    failures::{each, on, reasons, record},
     observe::instance_state,
     status::{Summary, entry, finish, summarize_shared, write_status},
     teardown::{prune, remove_unrendered},
@@ -78,27 +78,34 @@ pub async fn reconcile_shared(
     let wrote = AtomicBool::new(false);
     let (report_ref, wrote_ref) = (&report, &wrote);
     let covered = (0..comuni.len()).filter(|&i| scope.covers(&comuni[i].name_any()));
-    bounded(covered, ctx, |i| async move {
+    let mut failures = each(covered, ctx, |i| async move {
         let m = comuni[i];
-        let rendered = render_access_point(s, m, &ctx.config)
-            .map_err(Error::render(format!("SharedService {}", s.name_any())))?;
-        if apply_all(ctx, &rendered).await? {
-            wrote_ref.store(true, Ordering::Relaxed);
-        }
-        subscribe(s, &namespace_name(m, &ctx.config), true, ctx).await?;
-        report_ref(i);
-        Ok(())
+        let work = async {
+            let rendered = render_access_point(s, m, &ctx.config)
+                .map_err(Error::render(format!("SharedService {}", s.name_any())))?;
+            if apply_all(ctx, &rendered).await? {
+                wrote_ref.store(true, Ordering::Relaxed);
+            }
+            subscribe(s, &namespace_name(m, &ctx.config), true, ctx).await?;
+            report_ref(i);
+            Ok(())
+        };
+        work.await.map_err(on(m.name_any()))
     })
-    .await?;
+    .await;
     let mut keep: BTreeSet<String> = comuni
         .iter()
         .map(|m| namespace_name(m, &ctx.config))
         .collect();
     keep.insert(ns.clone());
-    prune(s, keep, scope, ctx).await?;
+    failures.extend(prune(s, keep, scope, ctx).await);
     (0..comuni.len()).for_each(report);
-    let summary = summarize_shared(s, &ns, state);
-    Ok((finish(s, summary, ctx).await?, went(&wrote)))
+    let retry = record(s, &failures, |c| scope.covers(c), ctx).await;
+    let summary = summarize_shared(s, &ns, state).failed_on(reasons(&failures));
+    Ok((
+        finish(s, summary, retry, ctx).await?,
+        went(&wrote, &failures),
+    ))
 }
 
 /// Labels (or unlabels) a comune's namespace as a subscriber of a Shared service, with a merge

@@ -56,6 +56,35 @@ impl Summary {
     }
 }
 
+impl Summary {
+    /// Lists the comuni a pass failed on first among those not ready, with the error's reason,
+    /// and says so in the Ready condition's message.
+    pub fn failed_on(mut self, failures: Vec<(String, &'static str)>) -> Summary {
+        if failures.is_empty() {
+            return self;
+        }
+        let names: Vec<&str> = failures.iter().map(|(c, _)| c.as_str()).collect();
+        self.ready_condition.message.push_str(&format!(
+            "; failing on {} comuni ({}), see their status",
+            failures.len(),
+            names.join(", ")
+        ));
+        self.not_ready
+            .retain(|n| !failures.iter().any(|(c, _)| *c == n.municipality));
+        let mut listed: Vec<NotReady> = failures
+            .into_iter()
+            .map(|(municipality, reason)| NotReady {
+                municipality,
+                reason: format!("Failed ({reason})"),
+            })
+            .collect();
+        listed.append(&mut self.not_ready);
+        listed.truncate(NOT_READY_LISTED);
+        self.not_ready = listed;
+        self
+    }
+}
+
 /// What the status of a Dedicated service says: one instance per comune.
 pub fn summarize(
     s: &SharedService,
@@ -162,12 +191,18 @@ pub fn entry(
         phase: phase.into(),
         url,
         version: Some(version),
+        message: None,
     }
 }
 
 /// Publishes a halted rollout, keeps the metrics current, writes the status, and says when to
 /// look again.
-pub async fn finish(s: &SharedService, summary: Summary, ctx: &Context) -> Result<Action, Error> {
+pub async fn finish(
+    s: &SharedService,
+    summary: Summary,
+    retry: Option<Duration>,
+    ctx: &Context,
+) -> Result<Action, Error> {
     let was_halted = s
         .status
         .as_ref()
@@ -199,6 +234,7 @@ pub async fn finish(s: &SharedService, summary: Summary, ctx: &Context) -> Resul
     } else {
         Duration::from_secs(5)
     };
+    let next = retry.map_or(next, |retry| retry.min(next));
     Ok(Action::requeue(later.map_or(next, |later| later.min(next))))
 }
 

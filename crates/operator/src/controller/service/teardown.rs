@@ -19,7 +19,8 @@ use super::{
         object::set_finalizer,
         passes::Scope,
     },
-    FINALIZER, bounded,
+    FINALIZER,
+    failures::{Failed, each, on, record},
     observe::has_credentials,
     shared::subscribe,
 };
@@ -72,22 +73,27 @@ pub async fn remove_unrendered(
 }
 
 /// Removes what the service has in namespaces other than `keep` (comuni that no longer get it,
-/// or every one when the service goes). Looks only at the comuni that `scope` covers.
+/// or every one when the service goes). Looks only at the comuni that `scope` covers. Each comune
+/// is revoked whatever happens to the others; returns those that failed.
 pub async fn prune(
     s: &SharedService,
     keep: BTreeSet<String>,
     scope: &Scope,
     ctx: &Context,
-) -> Result<(), Error> {
+) -> Vec<Failed> {
     let name = s.name_any();
     let leaving: Vec<String> = namespaces_in_use(s, scope, ctx)
         .difference(&keep)
         .cloned()
         .collect();
-    bounded(leaving, ctx, |ns| async move {
-        remove_instance(s, &ns, ctx).await
+    let failures = each(leaving, ctx, |ns| async move {
+        let comune = ns
+            .strip_prefix(ctx.config.namespace_prefix.as_str())
+            .unwrap_or(&ns);
+        let comune = comune.to_string();
+        remove_instance(s, &ns, ctx).await.map_err(on(comune))
     })
-    .await?;
+    .await;
     // Comuni that no longer get the service no longer list it.
     for m in ctx.caches.municipalities.state() {
         if let Ok(m) = &m.0
@@ -97,7 +103,7 @@ pub async fn prune(
             ctx.report(m, &name, None);
         }
     }
-    Ok(())
+    failures
 }
 
 /// The namespaces where the service has something: instances, access points, subscriptions.
@@ -176,7 +182,12 @@ pub async fn cleanup(s: &SharedService, ctx: &Context) -> Result<Action, Error> 
     }
     let name = s.name_any();
     let ns = shared_namespace(s);
-    prune(s, BTreeSet::new(), &Scope::Whole, ctx).await?;
+    // Every comune is revoked; the service goes once none failed.
+    let failures = prune(s, BTreeSet::new(), &Scope::Whole, ctx).await;
+    record(s, &failures, |_| true, ctx).await;
+    if let Some(failed) = failures.into_iter().next() {
+        return Err(failed.error);
+    }
     if !is_dedicated(s)
         && namespace_state(ctx, &ns, SERVICE_LABEL, &name).await? == NamespaceState::Ours
     {
