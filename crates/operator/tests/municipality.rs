@@ -289,6 +289,30 @@ async fn drift_is_repaired_within_seconds() {
         })
         .await?;
 
+        // Finding 12: drift that adds, by a cluster admin: a rule that opens the default-deny
+        // policy, a subject in the admins' binding, a key in the quota, an isolation label.
+        policies.patch("consorzio-default-deny", &PatchParams::default(), &Patch::Merge(json!({"spec": {"ingress": [{}]}}))).await?;
+        let bindings = env.api::<RoleBinding>(&ns);
+        let admins = bindings.get("consorzio-admins").await?;
+        let mut subjects = admins.subjects.clone().unwrap_or_default();
+        subjects.push(serde_json::from_value(json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "mallory"}))?);
+        bindings.patch("consorzio-admins", &PatchParams::default(), &Patch::Merge(json!({"subjects": subjects}))).await?;
+        quotas.patch("consorzio-quota", &PatchParams::default(), &Patch::Merge(json!({"spec": {"hard": {"count/widgets.example.com": "5"}}}))).await?;
+        namespaces.patch(&ns, &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"pod-security.kubernetes.io/enforce-version": "v1.20"}}}))).await?;
+        wait_for("what was added to be removed", patience, || async {
+            let policy = policies.get("consorzio-default-deny").await?;
+            let ingress = policy.spec.and_then(|s| s.ingress).unwrap_or_default();
+            ensure!(ingress.is_empty(), "default-deny admits {ingress:?}");
+            let subjects = bindings.get("consorzio-admins").await?.subjects.unwrap_or_default();
+            ensure!(subjects.iter().all(|s| s.name != "mallory"), "mallory is an admin");
+            let hard = quotas.get("consorzio-quota").await?.spec.and_then(|s| s.hard).unwrap_or_default();
+            ensure!(!hard.contains_key("count/widgets.example.com"), "quota key kept");
+            let labels = namespaces.get(&ns).await?.labels().clone();
+            ensure!(!labels.contains_key("pod-security.kubernetes.io/enforce-version"), "label kept");
+            Ok(())
+        })
+        .await?;
+
         remove(&env, &name).await?;
         op.stop().await;
         Ok(())

@@ -18,76 +18,18 @@ use serde_json::{Value, json};
 use super::{
     Context,
     cached::Cached,
+    compare::{self, contains, stray},
     error::{During, Error, Step, describe, gone_is_done},
     kinds::{self, KINDS, Kind, Lifecycle, Owner},
     passes::{CREATION_LAG, fingerprint},
 };
-use crate::{
-    quantity,
-    render::{MANAGED_BY, ORPHANED_LABEL, Rendered},
-};
+use crate::render::{MANAGED_BY, ORPHANED_LABEL, Rendered};
 
 /// The field manager of every write the operator makes.
 pub const FIELD_MANAGER: &str = "consorzio";
 /// Field managers of each service's own writes (`<prefix><service>`): its subscription labels,
 /// and in earlier versions its entries in the comuni's status.
 pub const SERVICE_MANAGER_PREFIX: &str = "consorzio-service-";
-
-/// The keys of the maps whose values are quantities (`ResourceList`s: a quota's `hard`, a
-/// container's `requests` and `limits`, a LimitRange's `default`…): there "1024Mi" is "1Gi", as
-/// the API server stores it. Anywhere else two strings match only when equal ("1k" is not
-/// "1000" in a ConfigMap, nor "1.1" "1.10" in a label).
-const QUANTITY_MAPS: &[&str] = &[
-    "hard",
-    "requests",
-    "limits",
-    "default",
-    "defaultRequest",
-    "max",
-    "min",
-    "maxLimitRequestRatio",
-];
-
-/// Whether `actual` already holds every field of `desired` (other fields may exist: the API
-/// server adds defaults, status and metadata).
-pub fn contains(actual: &Value, desired: &Value) -> bool {
-    contains_in(actual, desired, false)
-}
-
-/// `contains`, where `list` says the objects compared are `ResourceList`s: maps of quantities.
-fn contains_in(actual: &Value, desired: &Value, list: bool) -> bool {
-    match (actual, desired) {
-        (_, Value::Null) => true,
-        (Value::Object(a), Value::Object(d)) => d.iter().all(|(key, dv)| match a.get(key) {
-            Some(av) if list => same_quantity(av, dv),
-            Some(av) => contains_in(av, dv, QUANTITY_MAPS.contains(&key.as_str())),
-            None => is_empty(dv),
-        }),
-        (Value::Array(a), Value::Array(d)) => {
-            a.len() == d.len() && a.iter().zip(d).all(|(av, dv)| contains(av, dv))
-        }
-        (a, d) => a == d,
-    }
-}
-
-/// Whether two values of a `ResourceList` are the same quantity.
-fn same_quantity(actual: &Value, desired: &Value) -> bool {
-    match (actual, desired) {
-        (Value::String(a), Value::String(d)) => a == d || quantity::same(a, d),
-        (Value::Number(a), Value::String(d)) => quantity::same(&a.to_string(), d),
-        (a, d) => contains(a, d),
-    }
-}
-
-/// Empty values are not stored by the API server, so their absence matches.
-fn is_empty(value: &Value) -> bool {
-    match value {
-        Value::Null => true,
-        Value::Array(a) => a.is_empty(),
-        Value::Object(o) => o.is_empty(),
-        _ => false,
-    }
-}
 
 fn api_for(ctx: &Context, resource: &ApiResource, namespace: Option<&str>) -> Api<DynamicObject> {
     match namespace {
@@ -96,10 +38,23 @@ fn api_for(ctx: &Context, resource: &ApiResource, namespace: Option<&str>) -> Ap
     }
 }
 
-/// Whether the caches hold `desired` as it is rendered.
-fn is_current(ctx: &Context, desired: &Rendered) -> Result<Option<bool>, Error> {
+/// How the cluster's object compares with a rendered one, as the caches show it.
+#[derive(Debug)]
+enum Compared {
+    /// The caches hold no such object.
+    Unseen,
+    /// It holds everything rendered (and, where the kind is exact, nothing more).
+    Same,
+    /// It differs.
+    Differs,
+    /// It holds more than rendered where the kind is exact: this JSON patch removes it, then the
+    /// rendered object is applied.
+    Adds(Vec<Value>),
+}
+
+fn compare(ctx: &Context, desired: &Rendered) -> Result<Compared, Error> {
     let Some(have) = ctx.caches.cached(desired) else {
-        return Ok(None);
+        return Ok(Compared::Unseen);
     };
     let mut want =
         serde_json::to_value(&desired.object).map_err(Error::render(desired.describe()))?;
@@ -108,31 +63,23 @@ fn is_current(ctx: &Context, desired: &Rendered) -> Result<Option<bool>, Error> 
         want.remove("apiVersion");
         want.remove("kind");
     }
-    Ok(Some(contains(&have, &want) && !stray(&have, &want)))
-}
-
-/// Whether the cluster's object has what the rendered one lacks and the operator set before:
-/// owner references (it renders none: an owner reference lets the garbage collector delete what
-/// holds data, e.g. a namespace whose Municipality's finalizer was removed by hand; an apply
-/// removes those earlier versions set), or the orphaned label of data kept when its owner went,
-/// which it adopts again.
-fn stray(have: &Value, want: &Value) -> bool {
-    let owners = |v: &Value| {
-        v.pointer("/metadata/ownerReferences")
-            .is_some_and(|o| !is_empty(o))
-    };
-    let orphaned = |v: &Value| {
-        v.pointer("/metadata/labels")
-            .and_then(|l| l.get(ORPHANED_LABEL))
-            .is_some()
-    };
-    (owners(have) && !owners(want)) || (orphaned(have) && !orphaned(want))
+    let kind = kinds::find(&desired.resource.kind);
+    if let Some(removals) = kind.and_then(|k| compare::additions(k, &have, &want)) {
+        return Ok(Compared::Adds(removals));
+    }
+    Ok(if contains(&have, &want) && !stray(&have, &want) {
+        Compared::Same
+    } else {
+        Compared::Differs
+    })
 }
 
 /// Applies `desired` unless the caches show the cluster already has it. Returns whether it wrote.
 pub async fn apply(ctx: &Context, desired: &Rendered) -> Result<bool, Error> {
-    if is_current(ctx, desired)? == Some(true) {
-        return Ok(false);
+    match compare(ctx, desired)? {
+        Compared::Same => return Ok(false),
+        Compared::Adds(removals) => remove_additions(ctx, desired, removals).await?,
+        Compared::Unseen | Compared::Differs => {}
     }
     write(ctx, desired).await?;
     Ok(true)
@@ -144,6 +91,28 @@ pub async fn apply_all(ctx: &Context, objects: &[Rendered]) -> Result<bool, Erro
     Ok(wrote.contains(&true))
 }
 
+/// Removes what the cluster's copy of `desired` holds beyond it (see `exact`).
+async fn remove_additions(ctx: &Context, desired: &Rendered, ops: Vec<Value>) -> Result<(), Error> {
+    let name = desired.object.name_any();
+    let api = api_for(
+        ctx,
+        &desired.resource,
+        desired.object.namespace().as_deref(),
+    );
+    tracing::info!(object = %desired.describe(), removed = ?ops, "removing what was added");
+    ctx.metrics.wrote(&desired.resource.kind);
+    let patch: json_patch::Patch =
+        serde_json::from_value(Value::Array(ops)).map_err(Error::render(desired.describe()))?;
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..Default::default()
+    };
+    api.patch(&name, &params, &Patch::<()>::Json(patch))
+        .await
+        .during(Step::Apply, desired.describe())?;
+    Ok(())
+}
+
 /// Applies `desired`.
 async fn write(ctx: &Context, desired: &Rendered) -> Result<(), Error> {
     let name = desired.object.name_any();
@@ -151,13 +120,14 @@ async fn write(ctx: &Context, desired: &Rendered) -> Result<(), Error> {
     let api = api_for(ctx, resource, desired.object.namespace().as_deref());
     tracing::debug!(object = %desired.describe(), "applying");
     ctx.metrics.wrote(&resource.kind);
-    api.patch(
-        &name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&desired.object),
-    )
-    .await
-    .during(Step::Apply, desired.describe())?;
+    let patch = api
+        .patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&desired.object),
+        )
+        .await;
+    patch.during(Step::Apply, desired.describe())?;
     Ok(())
 }
 
@@ -201,13 +171,18 @@ impl Created {
 /// Like `apply`, but an object created with the same content a moment ago, that the caches do
 /// not show yet, is not written again.
 pub async fn apply_unless_unseen(ctx: &Context, desired: &Rendered) -> Result<Applied, Error> {
-    match is_current(ctx, desired)? {
-        Some(true) => return Ok(Applied::Unchanged),
-        Some(false) => {
+    match compare(ctx, desired)? {
+        Compared::Same => return Ok(Applied::Unchanged),
+        Compared::Differs => {
             write(ctx, desired).await?;
             return Ok(Applied::Wrote);
         }
-        None => {}
+        Compared::Adds(removals) => {
+            remove_additions(ctx, desired, removals).await?;
+            write(ctx, desired).await?;
+            return Ok(Applied::Wrote);
+        }
+        Compared::Unseen => {}
     }
     let key = desired.describe();
     let content = serde_json::to_string(&desired.object).map_err(Error::render(&key))?;
@@ -321,8 +296,6 @@ pub fn unrendered(
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
-
     use super::*;
 
     #[test]
@@ -336,77 +309,5 @@ mod tests {
             all.insert("ConfigMap n/c".into(), (1, Instant::now() - CREATION_LAG));
         }
         assert!(!created.is_recent("ConfigMap n/c", 1), "too long ago");
-    }
-
-    #[test]
-    fn extra_fields_in_the_cluster_do_not_count_as_a_change() {
-        let actual = json!({"metadata": {"name": "q", "uid": "1", "labels": {"a": "1", "b": "2"}},
-                            "spec": {"hard": {"cpu": "4"}}, "status": {"used": {"cpu": "0"}}});
-        let desired = json!({"metadata": {"name": "q", "labels": {"a": "1"}}, "spec": {"hard": {"cpu": "4"}}});
-        assert!(contains(&actual, &desired));
-    }
-
-    #[test]
-    fn a_changed_or_missing_field_is_a_change() {
-        let actual = json!({"spec": {"hard": {"cpu": "8"}}});
-        assert!(!contains(&actual, &json!({"spec": {"hard": {"cpu": "4"}}})));
-        assert!(!contains(
-            &actual,
-            &json!({"spec": {"hard": {"cpu": "8", "pods": "10"}}})
-        ));
-        assert!(!contains(&json!({"a": [1, 2]}), &json!({"a": [1]})));
-    }
-
-    #[test]
-    fn quantities_match_their_stored_forms_in_quantity_fields_only() {
-        assert!(contains(
-            &json!({"spec": {"hard": {"memory": "1Gi", "pods": 50}}}),
-            &json!({"spec": {"hard": {"memory": "1024Mi", "pods": "50"}}})
-        ));
-        let container =
-            |cpu: &str| json!({"resources": {"limits": {"cpu": cpu}, "requests": {"cpu": cpu}}});
-        assert!(contains(&container("500m"), &container("0.5")));
-        let range = |memory: &str| json!({"spec": {"limits": [{"type": "Container", "default": {"memory": memory}}]}});
-        assert!(contains(&range("1Gi"), &range("1024Mi")));
-        assert!(contains(
-            &json!({"spec": {"resources": {"requests": {"storage": "10Gi"}}}}),
-            &json!({"spec": {"resources": {"requests": {"storage": "10240Mi"}}}})
-        ));
-        // Elsewhere, strings that read as the same quantity are different values.
-        assert!(!contains(
-            &json!({"data": {"SIZE": "1000"}}),
-            &json!({"data": {"SIZE": "1k"}})
-        ));
-        let label = |v: &str| json!({"metadata": {"labels": {"consorzio.io/union": v}}});
-        assert!(!contains(&label("1.10"), &label("1.1")));
-        let env = |v: &str| json!({"env": [{"name": "LIMIT", "value": v}]});
-        assert!(!contains(&env("1000"), &env("1k")));
-        // A key named like a quantity map whose value is not a map is compared as it is.
-        assert!(!contains(
-            &json!({"data": {"limits": "1000"}}),
-            &json!({"data": {"limits": "1k"}})
-        ));
-    }
-
-    #[test]
-    fn an_owner_reference_or_orphaned_label_not_rendered_is_a_change() {
-        let owned = json!({"metadata": {"name": "comune-a", "ownerReferences": [{"name": "a"}]}});
-        let desired = json!({"metadata": {"name": "comune-a"}});
-        assert!(contains(&owned, &desired) && stray(&owned, &desired));
-        assert!(!stray(&desired, &desired));
-        assert!(!stray(
-            &json!({"metadata": {"ownerReferences": []}}),
-            &desired
-        ));
-        let orphaned = json!({"metadata": {"labels": {ORPHANED_LABEL: "true"}}});
-        assert!(stray(&orphaned, &desired) && !stray(&orphaned, &orphaned));
-    }
-
-    #[test]
-    fn empty_values_match_their_absence() {
-        assert!(contains(
-            &json!({}),
-            &json!({"ingress": [], "selector": {}})
-        ));
     }
 }

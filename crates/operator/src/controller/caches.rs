@@ -27,14 +27,12 @@ use serde_json::Value;
 use super::{
     cached::{self, Cached},
     kinds::{self, Cache, KINDS, Kind},
+    namespace::in_managed_namespace,
     passes::{Fingerprints, Triggers},
 };
 use crate::{
     metrics::Metrics,
-    render::{
-        MANAGED_BY, MUNICIPALITY_LABEL, Rendered, service::SERVICE_LABEL,
-        shared::SHARED_NAMESPACE_PREFIX,
-    },
+    render::{MANAGED_BY, MUNICIPALITY_LABEL, Rendered, service::SERVICE_LABEL},
 };
 
 /// The changes of one kind, as one controller receives them from the shared cache.
@@ -205,19 +203,6 @@ fn list_config() -> watcher::Config {
     watcher::Config::default().page_size(50)
 }
 
-/// Whether an object is a namespace the operator manages, or in one, by its name: a comune's
-/// (`<prefix><comune>`) or a Shared service's (`shared-<service>`). Only those are cached:
-/// whatever carries consorzio's labels elsewhere (which the chart's label guard refuses to anyone
-/// but the operator, but a cluster may lack the guard) is dropped as it arrives, so that no one
-/// can fill the operator's memory, nor have it act, from a namespace of their own.
-fn in_managed_namespace(obj: &DynamicObject, prefix: &str) -> bool {
-    let ns = match &obj.metadata.namespace {
-        Some(ns) => ns.as_str(),
-        None => obj.metadata.name.as_deref().unwrap_or_default(),
-    };
-    ns.starts_with(prefix) || ns.starts_with(SHARED_NAMESPACE_PREFIX)
-}
-
 /// Starts the cache of `kind` (what is in managed namespaces); `changed` hears of each change
 /// once the cache has it.
 fn watch(client: &Client, kind: &Kind, prefix: &str, changed: Route) -> KindCache {
@@ -369,35 +354,6 @@ mod tests {
             serde_json::from_value(json!({"metadata": {"name": name, "namespace": ns}}))
                 .expect("an object");
         Cached::new(obj, &cached::Dictionary::default())
-    }
-
-    #[test]
-    fn only_what_is_in_the_operators_namespaces_is_cached() {
-        let obj = |ns: Option<&str>, name: &str| -> DynamicObject {
-            serde_json::from_value(serde_json::json!({
-                "metadata": {"name": name, "namespace": ns,
-                             "labels": {"app.kubernetes.io/managed-by": "consorzio"}}}))
-            .unwrap()
-        };
-        assert!(in_managed_namespace(
-            &obj(Some("comune-alvito"), "c"),
-            "comune-"
-        ));
-        assert!(in_managed_namespace(
-            &obj(Some("shared-sit"), "c"),
-            "comune-"
-        ));
-        assert!(in_managed_namespace(&obj(None, "comune-alvito"), "comune-"));
-        assert!(!in_managed_namespace(
-            &obj(Some("kube-system"), "c"),
-            "comune-"
-        ));
-        assert!(!in_managed_namespace(&obj(Some("team-a"), "c"), "comune-"));
-        assert!(!in_managed_namespace(&obj(None, "team-a"), "comune-"));
-        assert!(!in_managed_namespace(
-            &obj(Some("comune-alvito"), "c"),
-            "gemeinde-"
-        ));
     }
 
     #[test]

@@ -76,6 +76,11 @@ pub struct Kind {
     pub lifecycle: Lifecycle,
     /// What the cache holds of it.
     pub cache: Cache,
+    /// Where the cluster's object must hold exactly what is rendered (JSON pointers), not just
+    /// include it: what isolates a namespace, so that drift that adds (a rule added to a
+    /// policy, a subject to a binding, a key to the quota, an isolation label to the namespace)
+    /// is removed as well as drift that changes or deletes.
+    pub exact: &'static [&'static str],
 }
 
 impl Kind {
@@ -93,6 +98,15 @@ impl Kind {
             owner,
             lifecycle,
             cache,
+            exact: &[],
+        }
+    }
+
+    /// The kind, with `paths` held exactly as rendered (see `exact`).
+    const fn exact(self, paths: &'static [&'static str]) -> Kind {
+        Kind {
+            exact: paths,
+            ..self
         }
     }
 
@@ -146,19 +160,22 @@ const fn is_cluster_scoped(kind: &str) -> bool {
 }
 
 /// Namespaces: a comune's, or a Shared service's. Kept or deleted only by their owner's policy.
-pub const NAMESPACE: Kind = Kind::typed::<Namespace>(Owner::Both, Lifecycle::Data, Cache::Managed);
+/// Its isolation labels are exact (see `apply::isolation_label`).
+pub const NAMESPACE: Kind = Kind::typed::<Namespace>(Owner::Both, Lifecycle::Data, Cache::Managed)
+    .exact(&["/metadata/labels"]);
 /// Each namespace's quota.
 pub const RESOURCE_QUOTA: Kind =
-    Kind::typed::<ResourceQuota>(Owner::Both, Lifecycle::Always, Cache::Managed);
+    Kind::typed::<ResourceQuota>(Owner::Both, Lifecycle::Always, Cache::Managed).exact(&["/spec"]);
 /// Each namespace's default limits.
 pub const LIMIT_RANGE: Kind =
-    Kind::typed::<LimitRange>(Owner::Both, Lifecycle::Always, Cache::Managed);
+    Kind::typed::<LimitRange>(Owner::Both, Lifecycle::Always, Cache::Managed).exact(&["/spec"]);
 /// Network isolation, and a comune's access to a Shared service.
 pub const NETWORK_POLICY: Kind =
-    Kind::typed::<NetworkPolicy>(Owner::Both, Lifecycle::Pruned, Cache::Managed);
+    Kind::typed::<NetworkPolicy>(Owner::Both, Lifecycle::Pruned, Cache::Managed).exact(&["/spec"]);
 /// A comune's admins and viewers.
 pub const ROLE_BINDING: Kind =
-    Kind::typed::<RoleBinding>(Owner::Municipality, Lifecycle::Pruned, Cache::Managed);
+    Kind::typed::<RoleBinding>(Owner::Municipality, Lifecycle::Pruned, Cache::Managed)
+        .exact(&["/subjects", "/roleRef"]);
 /// An instance's application.
 pub const DEPLOYMENT: Kind =
     Kind::typed::<Deployment>(Owner::Service, Lifecycle::Pruned, Cache::Managed);

@@ -19,6 +19,7 @@
 mod apply;
 mod cached;
 mod caches;
+mod compare;
 mod conditions;
 mod entries;
 mod error;
@@ -42,9 +43,10 @@ use kube::{
     },
 };
 
-pub use apply::{FIELD_MANAGER, contains};
+pub use apply::FIELD_MANAGER;
 pub use cached::Cached;
 pub use caches::{Caches, Events};
+pub use compare::contains;
 pub use error::Error;
 pub use municipality::run as run_municipalities;
 pub use service::run as run_services;

@@ -4,7 +4,7 @@
 use std::fmt::Debug;
 
 use k8s_openapi::api::core::v1::Namespace;
-use kube::{Api, Resource, ResourceExt, runtime::events::EventType};
+use kube::{Api, Resource, ResourceExt, api::DynamicObject, runtime::events::EventType};
 use serde::de::DeserializeOwned;
 
 use super::{
@@ -14,7 +14,7 @@ use super::{
     kinds,
     object::publish,
 };
-use crate::render::{MANAGED_BY, ORPHANED_LABEL, Rendered};
+use crate::render::{MANAGED_BY, ORPHANED_LABEL, Rendered, shared::SHARED_NAMESPACE_PREFIX};
 
 /// Where an owner's namespace stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +64,19 @@ pub async fn namespace_state(
         Some((true, true)) => NamespaceState::Terminating,
         Some((true, false)) => NamespaceState::Ours,
     })
+}
+
+/// Whether an object is a namespace the operator manages, or in one, by its name: a comune's
+/// (`<prefix><comune>`) or a Shared service's (`shared-<service>`). Only those are cached:
+/// whatever carries consorzio's labels elsewhere (which the chart's label guard refuses to anyone
+/// but the operator, but a cluster may lack the guard) is dropped as it arrives, so that no one
+/// can fill the operator's memory, nor have it act, from a namespace of their own.
+pub fn in_managed_namespace(obj: &DynamicObject, prefix: &str) -> bool {
+    let ns = match &obj.metadata.namespace {
+        Some(ns) => ns.as_str(),
+        None => obj.metadata.name.as_deref().unwrap_or_default(),
+    };
+    ns.starts_with(prefix) || ns.starts_with(SHARED_NAMESPACE_PREFIX)
 }
 
 /// The message of a namespace that exists and is not the owner's.
@@ -119,4 +132,38 @@ where
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_what_is_in_the_operators_namespaces_is_cached() {
+        let obj = |ns: Option<&str>, name: &str| -> DynamicObject {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name, "namespace": ns,
+                             "labels": {"app.kubernetes.io/managed-by": "consorzio"}}}))
+            .unwrap()
+        };
+        assert!(in_managed_namespace(
+            &obj(Some("comune-alvito"), "c"),
+            "comune-"
+        ));
+        assert!(in_managed_namespace(
+            &obj(Some("shared-sit"), "c"),
+            "comune-"
+        ));
+        assert!(in_managed_namespace(&obj(None, "comune-alvito"), "comune-"));
+        assert!(!in_managed_namespace(
+            &obj(Some("kube-system"), "c"),
+            "comune-"
+        ));
+        assert!(!in_managed_namespace(&obj(Some("team-a"), "c"), "comune-"));
+        assert!(!in_managed_namespace(&obj(None, "team-a"), "comune-"));
+        assert!(!in_managed_namespace(
+            &obj(Some("comune-alvito"), "c"),
+            "gemeinde-"
+        ));
+    }
 }
