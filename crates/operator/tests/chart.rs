@@ -4,60 +4,16 @@
 
 mod support;
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    path::{Path, PathBuf},
-};
+use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{Context as _, bail, ensure};
 use consorzio::server::{self, Health};
-use consorzio_testkit::{Cluster, Env, run, yaml_documents};
+use consorzio_testkit::{Env, run};
 use serde_json::{Value, json};
+use support::chart::{CHART, EVERY_TOGGLE, helm, kinds, read, strings, template};
 use support::{
     Operator, apply_service, catalogue_service, comune, onboard, remove_service, wait_status,
 };
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-const CHART: &str = "charts/consorzio";
-const EVERY_TOGGLE: &str =
-    "serviceMonitor.enabled=true,prometheusRule.enabled=true,grafanaDashboard.enabled=true";
-
-/// Runs the cluster's helm in the repository root and returns its standard output.
-fn helm(args: &[&str]) -> anyhow::Result<String> {
-    let cluster = Cluster::get();
-    let out = std::process::Command::new(cluster.bin("helm"))
-        .args(args)
-        .current_dir(root())
-        .output()
-        .context("running helm")?;
-    ensure!(
-        out.status.success(),
-        "helm {}: {}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8(out.stdout)?)
-}
-
-fn template(release: &str, namespace: &str, extra: &[&str]) -> anyhow::Result<Vec<Value>> {
-    let mut args = vec!["template", release, CHART, "--namespace", namespace];
-    args.extend(extra);
-    yaml_documents(&helm(&args)?)
-}
-
-fn kinds(docs: &[Value]) -> BTreeSet<String> {
-    docs.iter()
-        .filter_map(|d| d["kind"].as_str().map(str::to_string))
-        .collect()
-}
-
-fn read(path: &str) -> anyhow::Result<String> {
-    std::fs::read_to_string(root().join(path)).with_context(|| format!("reading {path}"))
-}
 
 #[test]
 fn chart_lints_and_renders_with_defaults_and_every_toggle() -> anyhow::Result<()> {
@@ -157,15 +113,6 @@ fn crds_and_deploy_are_what_they_are_generated_from() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The strings of a list in a rule (`verbs`, `resources`…).
-fn strings(list: &Value) -> Vec<String> {
-    list.as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|v| v.as_str().map(str::to_string))
-        .collect()
-}
-
 #[test]
 fn operator_role_has_no_wildcards_and_binds_only_tenant_roles() -> anyhow::Result<()> {
     let docs = template("consorzio", "consorzio", &[])?;
@@ -253,106 +200,8 @@ fn operator_role_grants_exactly_what_the_declared_kinds_need() -> anyhow::Result
 
 /// Both admission policies cover every kind the operator may write, and nothing else: the
 /// operator guard confines each of its writes; the label guard keeps everyone else from forging
-/// what the operator trusts on any of them.
-#[test]
-fn admission_policies_cover_every_kind_the_operator_writes() -> anyhow::Result<()> {
-    let docs = template("consorzio", "consorzio", &[])?;
-    let role = docs
-        .iter()
-        .find(|d| d["kind"] == "ClusterRole" && d["metadata"]["name"] == "consorzio-operator")
-        .context("the operator's ClusterRole")?;
-    let mut written = BTreeSet::new();
-    for rule in role["rules"].as_array().context("rules")? {
-        let writes = strings(&rule["verbs"])
-            .iter()
-            .any(|v| ["create", "update", "patch", "delete"].contains(&v.as_str()));
-        for group in strings(&rule["apiGroups"]) {
-            for resource in strings(&rule["resources"]) {
-                let own = group == "consorzio.io" || group == "events.k8s.io";
-                if writes && !own {
-                    written.insert(format!("{group}/{resource}"));
-                }
-            }
-        }
-    }
-    for name in [
-        "consorzio-operator-guard",
-        "consorzio-label-guard",
-        "consorzio-managed-objects",
-    ] {
-        let policy = docs
-            .iter()
-            .find(|d| d["kind"] == "ValidatingAdmissionPolicy" && d["metadata"]["name"] == name)
-            .with_context(|| format!("the policy {name}"))?;
-        let mut covered = BTreeSet::new();
-        for rule in policy["spec"]["matchConstraints"]["resourceRules"]
-            .as_array()
-            .context("resourceRules")?
-        {
-            ensure!(
-                strings(&rule["operations"]).contains(&"UPDATE".to_string()),
-                "{rule}"
-            );
-            for group in strings(&rule["apiGroups"]) {
-                for resource in strings(&rule["resources"]) {
-                    covered.insert(format!("{group}/{resource}"));
-                }
-            }
-        }
-        ensure!(
-            covered == written,
-            "{name} covers {covered:?}, the operator writes {written:?}"
-        );
-        let bound = docs.iter().any(|d| {
-            d["kind"] == "ValidatingAdmissionPolicyBinding" && d["spec"]["policyName"] == name
-        });
-        ensure!(bound, "{name} is not bound");
-    }
-    Ok(())
-}
 
 /// Finding 11: a comune's quota counts every kind its admins can create, so that none can be made
-/// in unbounded numbers.
-#[test]
-fn the_quota_counts_every_kind_a_comunes_admin_can_create() -> anyhow::Result<()> {
-    let docs = template("consorzio", "consorzio", &[])?;
-    let role = docs
-        .iter()
-        .find(|d| {
-            d["kind"] == "ClusterRole" && d["metadata"]["name"] == "consorzio-municipality-admin"
-        })
-        .context("the tenant admin role")?;
-    let counted: BTreeSet<String> = consorzio::render::municipality::OBJECT_COUNTS
-        .iter()
-        .map(|(k, _)| k.to_string())
-        .chain(["pods".to_string()])
-        .collect();
-    let mut creatable = 0;
-    for rule in role["rules"].as_array().context("rules")? {
-        if !strings(&rule["verbs"]).contains(&"create".to_string()) {
-            continue;
-        }
-        for group in strings(&rule["apiGroups"]) {
-            for resource in strings(&rule["resources"]) {
-                if resource.contains('/') {
-                    continue; // exec, port-forward, attach, scale: no object is made
-                }
-                creatable += 1;
-                let keys = if group.is_empty() {
-                    vec![resource.clone(), format!("count/{resource}")]
-                } else {
-                    vec![format!("count/{resource}.{group}")]
-                };
-                ensure!(
-                    keys.iter().any(|k| counted.contains(k)),
-                    "{group}/{resource}: a comune's admin creates them, its quota does not count them"
-                );
-            }
-        }
-    }
-    ensure!(creatable >= 10, "only {creatable} kinds found");
-    Ok(())
-}
 
 /// Metric names in PromQL expressions: `consorzio_…` words.
 fn metric_names(text: &str) -> BTreeSet<String> {

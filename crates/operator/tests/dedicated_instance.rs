@@ -230,6 +230,17 @@ async fn invalid_template_changes_nothing_and_a_stalled_rollout_halts() {
             message.contains("{{ municipality.canton }} has no value"),
             "{message}"
         );
+        // Finding 13: GitOps tools see a failure, not progress.
+        let stalled = |st: &consorzio_api::SharedServiceStatus, reason: &str| {
+            st.conditions
+                .iter()
+                .any(|c| c.type_ == "Stalled" && c.status == "True" && c.reason == reason)
+        };
+        assert!(
+            stalled(&status, "InvalidTemplate"),
+            "{:?}",
+            status.conditions
+        );
         assert_eq!(
             versions().await?,
             before,
@@ -252,6 +263,7 @@ async fn invalid_template_changes_nothing_and_a_stalled_rollout_halts() {
             Some(1),
             "only one wave started"
         );
+        assert!(stalled(&status, "RolloutHalted"), "{:?}", status.conditions);
         let mut old = 0;
         for (_, ns) in &comuni {
             let d = env.api::<Deployment>(ns).get(&name).await?;

@@ -722,6 +722,24 @@ async fn foreign_namespace_is_reported_and_left_untouched() {
         let ready = not_ready(&env, &name).await?;
         assert_eq!(ready.reason, "NamespaceConflict");
         assert!(ready.message.contains(&ns), "{}", ready.message);
+        // Finding 13: GitOps tools see a failure, not progress.
+        let status = Api::<Municipality>::all(env.client())
+            .get(&name)
+            .await?
+            .status
+            .context("status")?;
+        let state = |t: &str| {
+            status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == t)
+                .map(|c| (c.status.clone(), c.reason.clone()))
+        };
+        assert_eq!(
+            state("Stalled"),
+            Some(("True".into(), "NamespaceConflict".into()))
+        );
+        assert_eq!(state("Reconciling").map(|s| s.0), Some("False".into()));
 
         let after = namespaces.get(&ns).await?;
         assert_eq!(

@@ -46,6 +46,44 @@ impl Ready {
     }
 }
 
+/// The conditions GitOps tools read (kstatus: Flux, kpt, cli-utils; and the chart's Argo CD
+/// health checks) that go with a `Ready` condition: `Reconciling` while work is in flight (not
+/// Ready, not given up), `Stalled` while the operator has given up until something changes
+/// (`stalled`: why, and what to do). Both are always present, True or False.
+pub fn progress(
+    previous: &[Condition],
+    ready: &Ready,
+    stalled: Option<(&str, String)>,
+    generation: Option<i64>,
+) -> [Condition; 2] {
+    let reconciling = !ready.status && stalled.is_none();
+    let (reconciling_reason, reconciling_message) = if reconciling {
+        (ready.reason, ready.message.clone())
+    } else {
+        ("Idle", "no work in flight".to_string())
+    };
+    let (stalled_reason, stalled_message) =
+        stalled.unwrap_or(("NotStalled", "nothing needs a person".to_string()));
+    [
+        condition(
+            previous,
+            "Reconciling",
+            reconciling,
+            reconciling_reason,
+            reconciling_message,
+            generation,
+        ),
+        condition(
+            previous,
+            "Stalled",
+            stalled_reason != "NotStalled",
+            stalled_reason,
+            stalled_message,
+            generation,
+        ),
+    ]
+}
+
 /// A condition, keeping the previous transition time when its status did not change.
 pub fn condition(
     previous: &[Condition],

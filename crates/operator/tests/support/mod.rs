@@ -2,6 +2,8 @@
 
 #![allow(dead_code)] // each test binary uses part of this
 
+pub mod chart;
+
 use std::{sync::Arc, time::Duration};
 
 use anyhow::{Context as _, ensure};

@@ -3,7 +3,7 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use consorzio_api::{Municipality, MunicipalityStatus, QuotaUsage};
+use consorzio_api::{Condition, Municipality, MunicipalityStatus, QuotaUsage};
 use kube::{
     Api, Resource, ResourceExt,
     api::{Patch, PatchParams},
@@ -15,12 +15,21 @@ use super::super::{
     Context, Error,
     apply::{FIELD_MANAGER, SERVICE_MANAGER_PREFIX},
     caches::quota_usage,
-    conditions::{Ready, ready_reason},
+    conditions::{Ready, progress, ready_reason},
     error::{During, Step},
     kinds,
     object::publish,
 };
 use crate::render::{municipality::official_code, service::selects};
+
+/// `Ready`, and `Reconciling` and `Stalled` with it: a comune is stalled only when its namespace
+/// is someone else's (it waits for a person); everything else it waits for comes by itself.
+fn conditions(previous: &[Condition], ready: Ready, generation: Option<i64>) -> Vec<Condition> {
+    let stalled =
+        (ready.reason == "NamespaceConflict").then(|| (ready.reason, ready.message.clone()));
+    let [reconciling, stalled] = progress(previous, &ready, stalled, generation);
+    vec![ready.condition(previous, generation), reconciling, stalled]
+}
 
 /// Writes the comune's status if it changed, and keeps the metrics current. The status carries
 /// the services' entries too (see `entries`). Returns when to try again if the write waits.
@@ -66,7 +75,7 @@ pub async fn write_status(
         namespace: Some(ns.to_string()),
         code: official_code(m),
         observed_generation: m.metadata.generation,
-        conditions: vec![ready.condition(&current.conditions, m.metadata.generation)],
+        conditions: conditions(&current.conditions, ready, m.metadata.generation),
         quota,
         services,
     };

@@ -18,7 +18,7 @@ use serde_json::json;
 use super::{
     super::{
         Context, Error,
-        conditions::{Ready, condition, is_true},
+        conditions::{Ready, condition, is_true, progress},
         error::{During, Step},
         object::publish,
     },
@@ -238,6 +238,48 @@ pub async fn finish(
     Ok(Action::requeue(later.map_or(next, |later| later.min(next))))
 }
 
+/// Whether the operator has given up on the service until a person acts, and why: a template it
+/// cannot fill, a namespace that is someone else's, a halted rollout, instances that do not fit
+/// their quota, or comuni where it meets an object it did not make or a refusal.
+fn stalled(summary: &Summary, halt_message: &str) -> Option<(&'static str, String)> {
+    let reason = summary.ready_condition.reason;
+    if matches!(reason, "InvalidTemplate" | "NamespaceConflict") {
+        return Some((reason, summary.ready_condition.message.clone()));
+    }
+    if summary.halted.is_some() {
+        return Some(("RolloutHalted", halt_message.to_string()));
+    }
+    let names = |pick: &dyn Fn(&str) -> bool| -> Vec<&str> {
+        summary
+            .not_ready
+            .iter()
+            .filter(|n| pick(&n.reason))
+            .map(|n| n.municipality.as_str())
+            .collect()
+    };
+    let over = names(&|r| r == "QuotaExceeded");
+    if !over.is_empty() {
+        let message = format!(
+            "instances do not fit their comune's quota: {}; raise the quota or lower the template's resources",
+            over.join(", ")
+        );
+        return Some(("QuotaExceeded", message));
+    }
+    let refused = names(&|r| {
+        r.starts_with("Failed")
+            && ["conflict", "forbidden", "invalid"]
+                .iter()
+                .any(|k| r.contains(k))
+    });
+    (!refused.is_empty()).then(|| {
+        let message = format!(
+            "refused in comuni {}: see each comune's status for what to fix",
+            refused.join(", ")
+        );
+        ("ComuniFailing", message)
+    })
+}
+
 /// Writes the service's status if it changed. Counts alone (instances becoming Available) are
 /// written at most every `COUNTS_REFRESH`: returns when to write them, if later.
 pub async fn write_status(
@@ -250,6 +292,7 @@ pub async fn write_status(
     let mut conditions = vec![
         summary
             .ready_condition
+            .clone()
             .condition(&current.conditions, generation),
     ];
     let (halt_reason, halt_message) = match &summary.halted {
@@ -262,12 +305,19 @@ pub async fn write_status(
         ),
         None => ("Progressing", "the rollout proceeds".to_string()),
     };
+    let stalled = stalled(&summary, &halt_message);
     conditions.push(condition(
         &current.conditions,
         "RolloutHalted",
         summary.halted.is_some(),
         halt_reason,
         halt_message,
+        generation,
+    ));
+    conditions.extend(progress(
+        &current.conditions,
+        &summary.ready_condition,
+        stalled,
         generation,
     ));
     let status = SharedServiceStatus {
