@@ -198,11 +198,6 @@ fn operator_role_grants_exactly_what_the_declared_kinds_need() -> anyhow::Result
     Ok(())
 }
 
-/// Both admission policies cover every kind the operator may write, and nothing else: the
-/// operator guard confines each of its writes; the label guard keeps everyone else from forging
-
-/// Finding 11: a comune's quota counts every kind its admins can create, so that none can be made
-
 /// Metric names in PromQL expressions: `consorzio_…` words.
 fn metric_names(text: &str) -> BTreeSet<String> {
     let mut names = BTreeSet::new();

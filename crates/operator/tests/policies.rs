@@ -8,7 +8,9 @@ use std::collections::BTreeSet;
 use anyhow::{Context as _, ensure};
 use support::chart::{strings, template};
 
-/// what the operator trusts on any of them.
+/// The admission policies cover every kind the operator may write, and nothing else: the operator
+/// guard confines each of its writes; the label guard keeps everyone else from forging what the
+/// operator trusts on any of them; managed objects are the operator's to change.
 #[test]
 fn admission_policies_cover_every_kind_the_operator_writes() -> anyhow::Result<()> {
     let docs = template("consorzio", "consorzio", &[])?;
@@ -66,6 +68,7 @@ fn admission_policies_cover_every_kind_the_operator_writes() -> anyhow::Result<(
     Ok(())
 }
 
+/// Finding 11: a comune's quota counts every kind its admins can create, so that none can be made
 /// in unbounded numbers.
 #[test]
 fn the_quota_counts_every_kind_a_comunes_admin_can_create() -> anyhow::Result<()> {
