@@ -785,32 +785,3 @@ async fn foreign_namespace_is_reported_and_left_untouched() {
     })
     .await;
 }
-
-#[tokio::test]
-async fn suspended_comune_may_run_no_pods_and_keeps_its_data() {
-    let _one = exclusive().await;
-    run(|env: Env| async move {
-        let op = Operator::start(&env).await?;
-        let mut m = comune();
-        m.spec.suspended = true;
-        let name = m.name_any();
-        let ns = format!("comune-{name}");
-        apply(&env, &m).await?;
-        let ready = wait_ready(&env, &name, "True").await?;
-        let reason = ready.status.context("status")?.conditions[0].reason.clone();
-        assert_eq!(reason, "Suspended");
-        let hard = env
-            .api::<ResourceQuota>(&ns)
-            .get("consorzio-quota")
-            .await?
-            .spec
-            .and_then(|s| s.hard)
-            .context("hard")?;
-        assert_eq!(hard["pods"].0, "0");
-
-        remove(&env, &name).await?;
-        op.stop().await;
-        Ok(())
-    })
-    .await;
-}

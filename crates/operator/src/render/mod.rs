@@ -30,6 +30,9 @@ pub use municipality::{
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "consorzio");
 /// Names the Municipality an object belongs to.
 pub const MUNICIPALITY_LABEL: &str = "consorzio.io/municipality";
+/// Set on a suspended comune's namespace: the operator may then stop its pods (the operator guard
+/// lets it delete pods only there).
+pub const SUSPENDED_LABEL: &str = "consorzio.io/suspended";
 /// Set on a namespace (or volume) that the operator no longer manages but kept, so no data is lost.
 pub const ORPHANED_LABEL: &str = "consorzio.io/orphaned";
 

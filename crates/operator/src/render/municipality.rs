@@ -15,8 +15,8 @@ use k8s_openapi::{
 use kube::ResourceExt;
 
 use super::{
-    Config, MANAGED_BY, MUNICIPALITY_LABEL, ORPHANED_LABEL, Rendered, label_value, managed_meta,
-    network,
+    Config, MANAGED_BY, MUNICIPALITY_LABEL, ORPHANED_LABEL, Rendered, SUSPENDED_LABEL, label_value,
+    managed_meta, network,
 };
 
 /// Name of the ClusterRole bound to a comune's admins.
@@ -145,6 +145,10 @@ pub fn render_namespace(m: &Municipality, config: &Config, orphaned: bool) -> Na
         namespace
             .labels_mut()
             .insert(ORPHANED_LABEL.into(), "true".into());
+    } else if m.spec.suspended {
+        namespace
+            .labels_mut()
+            .insert(SUSPENDED_LABEL.into(), "true".into());
     }
     namespace
 }

@@ -159,7 +159,12 @@ pub fn render_dedicated(
         municipality: Some(comune.clone()),
         env,
         host,
-        replicas: o.and_then(|o| o.replicas).unwrap_or(t.replicas),
+        // A suspended comune runs nothing; its instance comes back when it resumes.
+        replicas: if m.spec.suspended {
+            0
+        } else {
+            o.and_then(|o| o.replicas).unwrap_or(t.replicas)
+        },
         resources: o
             .and_then(|o| o.resources.clone())
             .or_else(|| t.resources.clone()),

@@ -7,8 +7,10 @@ use std::{sync::Arc, time::Duration};
 
 use consorzio_api::{DeletionPolicy, Municipality};
 use futures::{Stream, StreamExt, future, future::try_join_all};
+use k8s_openapi::api::core::v1::Pod;
 use kube::{
-    Resource, ResourceExt,
+    Api, Resource, ResourceExt,
+    api::{DeleteParams, ListParams},
     core::DeserializeGuard,
     runtime::{
         controller::{self, Action, Controller},
@@ -19,7 +21,9 @@ use kube::{
 use super::{
     Context, Error, Events,
     apply::{Applied, Reclaim, apply_unless_unseen, delete, remove, unrendered},
+    caches::quota_usage,
     conditions::{Ready, is_ready},
+    error::{During, Step},
     kinds::{self, Owner},
     namespace::{NamespaceState, conflict_message, namespace_state, release},
     object::set_finalizer,
@@ -156,8 +160,11 @@ async fn reconcile_municipality(m: &Municipality, ctx: &Context) -> Result<Actio
     }
 
     let ready = if m.spec.suspended {
-        let message =
-            format!("namespace {ns} is in place; no pods may run while the comune is suspended");
+        stop_pods(&ns, ctx).await?;
+        let message = format!(
+            "namespace {ns} is in place, its data kept; its pods are stopped and no pods may run \
+             while the comune is suspended"
+        );
         Ready::yes("Suspended", message)
     } else {
         let message =
@@ -167,6 +174,32 @@ async fn reconcile_municipality(m: &Municipality, ctx: &Context) -> Result<Actio
     let usage_later = write_status(m, ctx, ready, &ns).await?;
     let later = [usage_later, look_again].into_iter().flatten().min();
     Ok(Action::requeue(later.unwrap_or(RESYNC)))
+}
+
+/// A suspended comune runs nothing: its instances are scaled to zero (see `render_dedicated`),
+/// its quota admits no pod, and the pods still running in its namespace (its own workloads') are
+/// deleted, while its quota says any run. Their controllers cannot make them again until the
+/// comune resumes: then its quota admits pods again, and Deployments, StatefulSets and Jobs bring
+/// them back. The operator guard lets the operator delete pods only in namespaces labelled
+/// suspended.
+async fn stop_pods(ns: &str, ctx: &Context) -> Result<(), Error> {
+    let running = ctx
+        .caches
+        .get(&kinds::RESOURCE_QUOTA, Some(ns), "consorzio-quota")
+        .and_then(|q| quota_usage(&q).remove("pods"))
+        .is_some_and(|pods| pods.used.0 != "0");
+    if !running {
+        return Ok(());
+    }
+    ctx.metrics.wrote("Pod");
+    Api::<Pod>::namespaced(ctx.client.clone(), ns)
+        .delete_collection(&DeleteParams::background(), &ListParams::default())
+        .await
+        .during(
+            Step::Delete,
+            format!("the pods of suspended namespace {ns}"),
+        )?;
+    Ok(())
 }
 
 /// `Municipality name`, for messages.

@@ -81,7 +81,11 @@ pub async fn reconcile_dedicated(
         let m = comuni[i];
         let url = instance_url(s, m, &ctx.config);
         let version = versions.of(Some(&m.name_any()));
-        ctx.report(m, &s.name_any(), Some(entry(s, states[i], url, version)));
+        let mut entry = entry(s, states[i], url, version);
+        if m.spec.suspended {
+            entry.phase = "Suspended".into();
+        }
+        ctx.report(m, &s.name_any(), Some(entry));
     };
     let wrote = AtomicBool::new(false);
     let (namespaces_ref, report_ref, wrote_ref) = (&namespaces, &report, &wrote);
