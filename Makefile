@@ -28,7 +28,8 @@ run: cluster-up
 	  echo "  kubectl get all,quota,netpol,rolebinding -n comune-lugano" && \
 	  echo "  curl -s http://$(METRICS_ADDR)/metrics | grep ^consorzio_" && \
 	  echo && \
-	  KUBECONFIG=target/cluster/operator-kubeconfig exec target/debug/consorzio run --metrics-addr $(METRICS_ADDR) --pod-toleration kwok.x-k8s.io/node:NoSchedule
+	  KUBECONFIG=target/cluster/operator-kubeconfig exec target/debug/consorzio run --metrics-addr $(METRICS_ADDR) --pod-toleration kwok.x-k8s.io/node:NoSchedule \
+	    --leader-election-namespace consorzio
 
 test: cluster-up
 	cargo test --workspace --all-targets --no-fail-fast -- --test-threads=$(TEST_THREADS)
@@ -77,9 +78,11 @@ bench: cluster-up
 	cargo build --release -p consorzio -p consorzio-bench
 	target/release/consorzio-bench fleet --municipalities $(BENCH_SIZES) --report docs/benchmarks.md
 
-# The controllers' own benchmarks: onboarding latency, memory, writes per joining comune.
+# The controllers' own benchmarks: onboarding latency, memory, writes per joining comune, and
+# memory against 1 MB objects labelled as consorzio's in a namespace it does not manage.
 bench-controllers: cluster-up
 	cargo build --release -p consorzio -p consorzio-bench
 	target/release/consorzio-bench onboarding --municipalities 50
 	target/release/consorzio-bench memory --municipalities 500
 	target/release/consorzio-bench join --sizes 10,100,1000
+	target/release/consorzio-bench foreign --configmaps 100 --kib 900

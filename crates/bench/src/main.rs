@@ -6,6 +6,7 @@ mod comuni;
 mod controllers;
 mod direct;
 mod fleet;
+mod foreign;
 mod join;
 mod preflight;
 mod ready;
@@ -49,6 +50,16 @@ enum Command {
         /// How many comuni to onboard.
         #[arg(long, default_value_t = 500)]
         municipalities: usize,
+    },
+    /// The operator's resident memory before and after others create ConfigMaps of about 1 MB
+    /// labelled as consorzio's, in a namespace it does not manage.
+    Foreign {
+        /// How many ConfigMaps.
+        #[arg(long, default_value_t = 100)]
+        configmaps: usize,
+        /// The size of each, in KiB.
+        #[arg(long, default_value_t = 900)]
+        kib: usize,
     },
     /// API writes caused by one comune joining a Dedicated and a Shared service, as the fleet
     /// the services already serve grows: the count must not grow with it.
@@ -238,7 +249,7 @@ async fn planned(command: &Command, client: &Client) -> anyhow::Result<Vec<Munic
             .iter()
             .map(comuni::Comune::manifest)
             .collect(),
-        Command::Fixture { .. } => vec![],
+        Command::Fixture { .. } | Command::Foreign { .. } => vec![],
     };
     manifests
         .into_iter()
@@ -283,6 +294,9 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Memory { municipalities } => {
             controllers::memory(client.clone(), &operator, municipalities).await
+        }
+        Command::Foreign { configmaps, kib } => {
+            foreign::run(client.clone(), &operator, configmaps, kib).await
         }
         Command::Join { sizes, tolerance } => {
             join::run(client.clone(), &operator, &sizes, tolerance).await

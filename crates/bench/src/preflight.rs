@@ -27,8 +27,9 @@ use k8s_openapi::{
 };
 use kube::{Api, Client, ResourceExt, api::ListParams};
 
-/// The leader Lease of `consorzio run` with its default settings, as `make run` starts it.
-const LEASE_NAMESPACE: &str = "default";
+/// The leader Lease of `consorzio run` as `make run` starts it (in the operator's namespace, where
+/// its Role lets it hold one).
+const LEASE_NAMESPACE: &str = "consorzio";
 const LEASE_NAME: &str = "consorzio-leader";
 
 /// Fails, saying what to do, when another operator runs against the cluster or another

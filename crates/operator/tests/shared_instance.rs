@@ -388,3 +388,47 @@ async fn every_catalogue_service_reaches_ready() {
     })
     .await;
 }
+
+/// Finding 4: a Shared service named like one of a comune's own policies (`dns`) gets an egress
+/// policy of its own; the comune's DNS policy stays as it is.
+#[tokio::test]
+async fn a_service_named_like_a_comunes_own_policy_collides_with_nothing() {
+    let _one = exclusive().await;
+    run(|env: Env| async move {
+        let op = Operator::start(&env).await?;
+        let (name, ns) = onboard(&env, &comune()).await?;
+        let mut s = catalogue_service("identity", json!({"names": [name]}))?;
+        s.metadata.name = Some("dns".into());
+        env.delete_later_dynamic(
+            ApiResource::erase::<Namespace>(&()),
+            None,
+            "shared-dns".into(),
+        );
+        apply_service(&env, &s).await?;
+        let policies = env.api::<NetworkPolicy>(&ns);
+        wait_for("the service's own egress policy", TIMEOUT, || async {
+            Ok(policies.get("consorzio-service-dns").await?)
+        })
+        .await?;
+        let dns = policies.get("consorzio-allow-dns").await?;
+        ensure!(
+            !dns.labels().contains_key("consorzio.io/service"),
+            "the DNS policy was taken over: {:?}",
+            dns.labels()
+        );
+        let port = dns.spec.and_then(|s| s.egress).unwrap_or_default()[0]
+            .ports
+            .clone()
+            .unwrap_or_default()[0]
+            .port
+            .clone();
+        ensure!(
+            port == Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(53)),
+            "{port:?}"
+        );
+        remove_service(&env, "dns").await?;
+        op.stop().await;
+        Ok(())
+    })
+    .await;
+}

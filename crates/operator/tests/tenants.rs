@@ -434,6 +434,16 @@ async fn a_comunes_admin_cannot_route_traffic_that_is_not_its_own() {
                 .await??;
         }
         create("Service", "v1", "services", service(json!({"ports": ports}))).await??;
+        // Finding 11: what its admin creates is counted, ServiceAccounts too (50 at most).
+        let mut made = 0;
+        loop {
+            match create("ServiceAccount", "v1", "serviceaccounts", json!({})).await? {
+                Ok(_) => made += 1,
+                Err(kube::Error::Api(status)) if status.message.contains("exceeded quota") => break,
+                Err(e) => return Err(e.into()),
+            }
+            ensure!(made < 60, "{made} ServiceAccounts made, the quota counts none");
+        }
         Ok(())
     })
     .await;

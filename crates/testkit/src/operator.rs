@@ -47,6 +47,13 @@ impl OperatorProcess {
             // Application pods run on the fake nodes.
             .args(["--pod-toleration", "kwok.x-k8s.io/node:NoSchedule"])
             .args(args)
+            // Its Lease in its own namespace, where its Role lets it hold one.
+            .args(
+                (!args.contains(&"--leader-election-namespace"))
+                    .then_some(["--leader-election-namespace", "consorzio"])
+                    .into_iter()
+                    .flatten(),
+            )
             .env("KUBECONFIG", cluster.operator_kubeconfig())
             .env(
                 "RUST_LOG",
