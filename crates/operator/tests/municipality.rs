@@ -434,17 +434,7 @@ async fn retain_keeps_the_data_revokes_access_and_reapplying_adopts_it() {
         let op = Operator::start(&env).await?;
         let m = comune();
         let (name, ns) = onboard(&env, &m).await?;
-        let data: ConfigMap = serde_json::from_value(
-            json!({"metadata": {"name": "protocollo"}, "data": {"n": "42"}}),
-        )?;
-        env.api::<ConfigMap>(&ns)
-            .create(&PostParams::default(), &data)
-            .await?;
-        let uid = Api::<Namespace>::all(env.client())
-            .get(&ns)
-            .await?
-            .metadata
-            .uid;
+        let uid = with_data(&env, &ns).await?;
 
         remove(&env, &name).await?;
         let namespace = Api::<Namespace>::all(env.client()).get(&ns).await?;
@@ -489,17 +479,7 @@ async fn a_finalizer_removed_by_hand_loses_no_data() {
         let op = Operator::start(&env).await?;
         let m = comune();
         let (name, ns) = onboard(&env, &m).await?;
-        let data: ConfigMap = serde_json::from_value(
-            json!({"metadata": {"name": "protocollo"}, "data": {"n": "42"}}),
-        )?;
-        env.api::<ConfigMap>(&ns)
-            .create(&PostParams::default(), &data)
-            .await?;
-        let uid = Api::<Namespace>::all(env.client())
-            .get(&ns)
-            .await?
-            .metadata
-            .uid;
+        let uid = with_data(&env, &ns).await?;
         op.stop().await;
 
         let api = Api::<Municipality>::all(env.client());
@@ -522,6 +502,21 @@ async fn a_finalizer_removed_by_hand_loses_no_data() {
         Ok(())
     })
     .await;
+}
+
+/// Puts the comune's own data in namespace `ns` (a ConfigMap `protocollo`); returns the
+/// namespace's uid.
+async fn with_data(env: &Env, ns: &str) -> anyhow::Result<Option<String>> {
+    let data: ConfigMap =
+        serde_json::from_value(json!({"metadata": {"name": "protocollo"}, "data": {"n": "42"}}))?;
+    env.api::<ConfigMap>(ns)
+        .create(&PostParams::default(), &data)
+        .await?;
+    Ok(Api::<Namespace>::all(env.client())
+        .get(ns)
+        .await?
+        .metadata
+        .uid)
 }
 
 /// Namespace `ns` is still the one with uid `uid`, not being deleted, with the comune's data,
