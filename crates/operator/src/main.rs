@@ -31,6 +31,7 @@ mod render_files;
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+
 #[derive(Parser, Debug)]
 #[command(
     name = "consorzio",
@@ -221,6 +222,13 @@ fn main() -> anyhow::Result<()> {
         Command::Render(args) => render_files::render_files(&args.files, &args.settings.config()?),
         Command::Run(args) => {
             telemetry::init(args.log_format);
+            // jemalloc gives freed pages back to the system from a background thread, idle or
+            // not: memory used for a moment (a burst of large objects, even ones dropped as
+            // they arrive because they are outside the operator's namespaces) does not stay
+            // resident.
+            if let Err(error) = tikv_jemalloc_ctl::background_thread::write(true) {
+                tracing::warn!(%error, "jemalloc's background thread could not start");
+            }
             // One thread: the work waits on the API server far more than it computes (in a cold
             // start of 1,000 comuni on two worker threads, `perf` put a tenth of the operator's
             // CPU in the kernel's context switches).
