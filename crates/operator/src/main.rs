@@ -31,7 +31,6 @@ mod render_files;
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-
 #[derive(Parser, Debug)]
 #[command(
     name = "consorzio",
