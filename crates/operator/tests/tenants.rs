@@ -374,7 +374,13 @@ async fn a_comunes_admin_cannot_route_traffic_that_is_not_its_own() {
     let _one = exclusive().await;
     run(|env: Env| async move {
         let op = Operator::start(&env).await?;
-        let (a, ns) = onboard(&env, &comune()).await?;
+        // With internet egress, whose policy the API server accepts.
+        let mut with_internet = comune();
+        with_internet.spec.network.allow_internet_egress = true;
+        let (a, ns) = onboard(&env, &with_internet).await?;
+        env.api::<NetworkPolicy>(&ns)
+            .get("consorzio-allow-internet-egress")
+            .await?;
         let (b, _) = onboard(&env, &comune()).await?;
         op.stop().await;
         let admin = admin_of(&env, &a).await?;

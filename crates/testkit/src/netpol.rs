@@ -182,6 +182,9 @@ fn peer_matches(peer: &NetworkPolicyPeer, policy_ns: &str, other: &Endpoint) -> 
 /// pessimistic answer.
 fn ip_block_matches(block: &IPBlock, ip: Option<IpAddr>) -> bool {
     let Some(ip) = ip else { return true };
+    // An IPv4-mapped IPv6 address is the IPv4 address, as the API server reads it (it refuses
+    // `::ffff:0:0/96` in an IPv6 block: not a subset of `::/0`) and as dataplanes send it.
+    let ip = ip.to_canonical();
     in_cidr(ip, &block.cidr)
         && !block
             .except
@@ -196,6 +199,11 @@ fn in_cidr(ip: IpAddr, cidr: &str) -> bool {
     };
     let (Ok(base), Ok(bits)) = (base.parse::<IpAddr>(), bits.parse::<u32>()) else {
         return false;
+    };
+    // The API server reads an IPv4-mapped block as the IPv4 one.
+    let (base, bits) = match base.to_canonical() {
+        IpAddr::V4(v4) if base.is_ipv6() => (IpAddr::V4(v4), bits.saturating_sub(96)),
+        _ => (base, bits),
     };
     match (ip, base) {
         (IpAddr::V4(ip), IpAddr::V4(base)) if bits <= 32 => {

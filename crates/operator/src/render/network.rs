@@ -33,12 +33,13 @@ const NOT_INTERNET_V4: &[&str] = &[
     "224.0.0.0/4",
     "240.0.0.0/4",
 ];
-/// The same for IPv6, and the ranges that carry IPv4 addresses (IPv4-mapped, NAT64), through which
-/// the excluded IPv4 ranges could otherwise be reached.
+/// The same for IPv6, and the NAT64 ranges that carry IPv4 addresses, through which the excluded
+/// IPv4 ranges could otherwise be reached. (IPv4-mapped addresses, `::ffff:0:0/96`, are IPv4 to
+/// the API server, which refuses them in an IPv6 block, and to dataplanes: the IPv4 rule holds
+/// for them.)
 const NOT_INTERNET_V6: &[&str] = &[
     "::/128",
     "::1/128",
-    "::ffff:0:0/96",
     "64:ff9b::/96",
     "64:ff9b:1::/48",
     "100::/64",
