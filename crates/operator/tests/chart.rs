@@ -185,6 +185,7 @@ fn operator_role_grants_exactly_what_the_declared_kinds_need() -> anyhow::Result
         rest,
         [
             "/pods",
+            "apiextensions.k8s.io/customresourcedefinitions",
             "consorzio.io/municipalities",
             "consorzio.io/municipalities/status",
             "consorzio.io/sharedservices",

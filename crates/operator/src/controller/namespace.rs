@@ -3,7 +3,10 @@
 
 use std::fmt::Debug;
 
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::{
+    api::core::v1::Namespace,
+    apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+};
 use kube::{Api, Resource, ResourceExt, api::DynamicObject, runtime::events::EventType};
 use serde::de::DeserializeOwned;
 
@@ -77,6 +80,16 @@ pub fn in_managed_namespace(obj: &DynamicObject, prefix: &str) -> bool {
         None => obj.metadata.name.as_deref().unwrap_or_default(),
     };
     ns.starts_with(prefix) || ns.starts_with(SHARED_NAMESPACE_PREFIX)
+}
+
+/// Whether the CRD named `crd` is being deleted: every object of its kind goes then, which is an
+/// uninstall, not a decision to delete any comune's data (it is kept whatever the policies say).
+pub async fn uninstalling(ctx: &Context, crd: &str) -> Result<bool, Error> {
+    let found = Api::<CustomResourceDefinition>::all(ctx.client.clone())
+        .get_opt(crd)
+        .await
+        .during(Step::Read, describe("CustomResourceDefinition", None, crd))?;
+    Ok(found.is_none_or(|c| c.metadata.deletion_timestamp.is_some()))
 }
 
 /// The message of a namespace that exists and is not the owner's.

@@ -25,7 +25,7 @@ use super::{
     conditions::{Ready, is_ready},
     error::{During, Step},
     kinds::{self, Owner},
-    namespace::{NamespaceState, conflict_message, namespace_state, release},
+    namespace::{NamespaceState, conflict_message, namespace_state, release, uninstalling},
     object::set_finalizer,
     passes::{
         CREATION_LAG, Fingerprints, RESYNC, RETRY_SERVICE_ACCOUNT, SERVICE_ACCOUNT_PATIENCE,
@@ -249,6 +249,11 @@ async fn cleanup(m: &Municipality, ctx: &Context) -> Result<Action, Error> {
     let state = namespace_state(ctx, &ns, MUNICIPALITY_LABEL, &name).await?;
     let (reclaim, policy) = match m.spec.deletion_policy {
         DeletionPolicy::Retain => (Reclaim::Retain, "deletionPolicy: Retain"),
+        // Deleting the CRD deletes every Municipality: an uninstall keeps all data.
+        DeletionPolicy::Delete if uninstalling(ctx, "municipalities.consorzio.io").await? => (
+            Reclaim::Retain,
+            "deletionPolicy: Delete, but the Municipality CRD is being deleted: an uninstall keeps all data",
+        ),
         DeletionPolicy::Delete => (Reclaim::Delete, "deletionPolicy: Delete"),
     };
     match (reclaim, state) {

@@ -15,7 +15,7 @@ use super::{
         apply::{Reclaim, delete, keep, owned_in, remove, unrendered},
         error::{During, Step},
         kinds::{self, KINDS, Kind, Lifecycle, Owner},
-        namespace::{NamespaceState, namespace_state, release},
+        namespace::{NamespaceState, namespace_state, release, uninstalling},
         object::set_finalizer,
         passes::Scope,
     },
@@ -81,6 +81,17 @@ pub async fn prune(
     scope: &Scope,
     ctx: &Context,
 ) -> Vec<Failed> {
+    prune_keeping(s, keep, scope, reclaim(s), ctx).await
+}
+
+/// `prune`, the data of the comuni that lose the service kept or deleted as `reclaim` says.
+async fn prune_keeping(
+    s: &SharedService,
+    keep: BTreeSet<String>,
+    scope: &Scope,
+    reclaim: Reclaim,
+    ctx: &Context,
+) -> Vec<Failed> {
     let name = s.name_any();
     let leaving: Vec<String> = namespaces_in_use(s, scope, ctx)
         .difference(&keep)
@@ -91,7 +102,9 @@ pub async fn prune(
             .strip_prefix(ctx.config.namespace_prefix.as_str())
             .unwrap_or(&ns);
         let comune = comune.to_string();
-        remove_instance(s, &ns, ctx).await.map_err(on(comune))
+        remove_instance(s, &ns, reclaim, ctx)
+            .await
+            .map_err(on(comune))
     })
     .await;
     // Comuni that no longer get the service no longer list it.
@@ -142,8 +155,12 @@ fn namespaces_in_use(s: &SharedService, scope: &Scope, ctx: &Context) -> BTreeSe
 /// Removes the service's instance or access point from `ns`: its data first (while the
 /// Deployment still says whether credentials were made), then its other objects and the
 /// subscription.
-async fn remove_instance(s: &SharedService, ns: &str, ctx: &Context) -> Result<(), Error> {
-    let reclaim = reclaim(s);
+async fn remove_instance(
+    s: &SharedService,
+    ns: &str,
+    reclaim: Reclaim,
+    ctx: &Context,
+) -> Result<(), Error> {
     let (data, rest): (Vec<_>, Vec<_>) = owned(s, ns, ctx)
         .into_iter()
         .partition(|(kind, _)| kind.lifecycle == Lifecycle::Data);
@@ -182,8 +199,16 @@ pub async fn cleanup(s: &SharedService, ctx: &Context) -> Result<Action, Error> 
     }
     let name = s.name_any();
     let ns = shared_namespace(s);
+    // Deleting the CRD deletes every SharedService: an uninstall, not a decision to delete
+    // data, which is then kept whatever the services say.
+    let uninstall = uninstalling(ctx, "sharedservices.consorzio.io").await?;
+    let data = if uninstall {
+        Reclaim::Retain
+    } else {
+        reclaim(s)
+    };
     // Every comune is revoked; the service goes once none failed.
-    let failures = prune(s, BTreeSet::new(), &Scope::Whole, ctx).await;
+    let failures = prune_keeping(s, BTreeSet::new(), &Scope::Whole, data, ctx).await;
     record(s, &failures, |_| true, ctx).await;
     if let Some(failed) = failures.into_iter().next() {
         return Err(failed.error);
@@ -196,12 +221,17 @@ pub async fn cleanup(s: &SharedService, ctx: &Context) -> Result<Action, Error> 
         // Asked of the API server, not the caches: a volume kept by this cleanup (or an earlier
         // try of it, or when the template dropped its storage) is no longer managed, and so no
         // longer cached, and it is still data.
-        let (reclaim, policy) = match reclaim(s) {
+        let (reclaim, policy) = match data {
             Reclaim::Retain if holds_volumes(&ns, ctx).await? => {
                 (Reclaim::Retain, "reclaimPolicy: Retain")
             }
             Reclaim::Retain => (Reclaim::Delete, "it holds no volume to keep"),
             Reclaim::Delete => (Reclaim::Delete, "reclaimPolicy: Delete"),
+        };
+        let policy = if uninstall {
+            "the SharedService CRD is being deleted: an uninstall keeps all data"
+        } else {
+            policy
         };
         release(ctx, s, &ns, reclaim, &orphaned, policy).await?;
     }
