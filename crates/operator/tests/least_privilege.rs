@@ -17,9 +17,9 @@ use kube::{
     api::{DeleteParams, DynamicObject, Patch, PatchParams, PostParams},
     core::ApiResource,
 };
-use serde_json::{Value, json};
+use serde_json::json;
 use support::{
-    Operator, apply_service, catalogue_service, comune, onboard, remove, remove_service,
+    Operator, apply_service, catalogue_service, comune, merge, onboard, remove, remove_service,
     wait_status,
 };
 
@@ -191,13 +191,6 @@ async fn the_operator_runs_on_the_charts_rbac_and_can_do_nothing_more() {
         Ok(())
     })
     .await;
-}
-
-/// Merges the keys of `extra` into `object`.
-fn merge(object: &mut Value, extra: Value) {
-    if let (Some(object), Value::Object(extra)) = (object.as_object_mut(), extra) {
-        object.extend(extra);
-    }
 }
 
 /// A Secret of kube-system's, made by the admin for the test.

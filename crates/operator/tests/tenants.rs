@@ -20,7 +20,7 @@ use kube::{
 };
 use serde_json::json;
 use support::{
-    Operator, apply_service, catalogue_service, comune, exclusive, onboard, remove_service,
+    Operator, apply_service, catalogue_service, comune, exclusive, merge, onboard, remove_service,
     wait_status,
 };
 
@@ -390,9 +390,7 @@ async fn a_comunes_admin_cannot_route_traffic_that_is_not_its_own() {
             async move {
                 let mut object = json!({"apiVersion": api_version, "kind": kind,
                                         "metadata": {"name": unique_name("probe")}});
-                if let (Some(o), serde_json::Value::Object(extra)) = (object.as_object_mut(), body) {
-                    o.extend(extra);
-                }
+                merge(&mut object, body);
                 let object: kube::api::DynamicObject = serde_json::from_value(object)?;
                 let gvk = kube::api::GroupVersionKind::try_from(object.types.as_ref().expect("types"))?;
                 let resource = kube::core::ApiResource::from_gvk_with_plural(&gvk, plural);
@@ -411,9 +409,7 @@ async fn a_comunes_admin_cannot_route_traffic_that_is_not_its_own() {
                 rule["host"] = json!(host);
             }
             let mut body = json!({"spec": {"rules": [rule]}});
-            if let (Some(o), serde_json::Value::Object(extra)) = (body.as_object_mut(), extra) {
-                o.extend(extra);
-            }
+            merge(&mut body, extra);
             body
         };
         let ports = json!([{"port": 80}]);

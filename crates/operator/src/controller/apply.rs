@@ -45,11 +45,9 @@ enum Compared {
     Unseen,
     /// It holds everything rendered (and, where the kind is exact, nothing more).
     Same,
-    /// It differs.
-    Differs,
-    /// It holds more than rendered where the kind is exact: this JSON patch removes it, then the
-    /// rendered object is applied.
-    Adds(Vec<Value>),
+    /// It differs: the JSON patch that removes what it holds beyond an exact path (empty when
+    /// nothing), before the rendered object is applied.
+    Differs(Vec<Value>),
 }
 
 fn compare(ctx: &Context, desired: &Rendered) -> Result<Compared, Error> {
@@ -65,12 +63,12 @@ fn compare(ctx: &Context, desired: &Rendered) -> Result<Compared, Error> {
     }
     let kind = kinds::find(&desired.resource.kind);
     if let Some(removals) = kind.and_then(|k| compare::additions(k, &have, &want)) {
-        return Ok(Compared::Adds(removals));
+        return Ok(Compared::Differs(removals));
     }
     Ok(if contains(&have, &want) && !stray(&have, &want) {
         Compared::Same
     } else {
-        Compared::Differs
+        Compared::Differs(vec![])
     })
 }
 
@@ -78,8 +76,8 @@ fn compare(ctx: &Context, desired: &Rendered) -> Result<Compared, Error> {
 pub async fn apply(ctx: &Context, desired: &Rendered) -> Result<bool, Error> {
     match compare(ctx, desired)? {
         Compared::Same => return Ok(false),
-        Compared::Adds(removals) => remove_additions(ctx, desired, removals).await?,
-        Compared::Unseen | Compared::Differs => {}
+        Compared::Differs(removals) => remove_additions(ctx, desired, removals).await?,
+        Compared::Unseen => {}
     }
     write(ctx, desired).await?;
     Ok(true)
@@ -91,8 +89,11 @@ pub async fn apply_all(ctx: &Context, objects: &[Rendered]) -> Result<bool, Erro
     Ok(wrote.contains(&true))
 }
 
-/// Removes what the cluster's copy of `desired` holds beyond it (see `exact`).
+/// Removes what the cluster's copy of `desired` holds beyond it (see `compare`), if anything.
 async fn remove_additions(ctx: &Context, desired: &Rendered, ops: Vec<Value>) -> Result<(), Error> {
+    if ops.is_empty() {
+        return Ok(());
+    }
     let name = desired.object.name_any();
     let api = api_for(
         ctx,
@@ -120,14 +121,13 @@ async fn write(ctx: &Context, desired: &Rendered) -> Result<(), Error> {
     let api = api_for(ctx, resource, desired.object.namespace().as_deref());
     tracing::debug!(object = %desired.describe(), "applying");
     ctx.metrics.wrote(&resource.kind);
-    let patch = api
-        .patch(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&desired.object),
-        )
-        .await;
-    patch.during(Step::Apply, desired.describe())?;
+    api.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&desired.object),
+    )
+    .await
+    .during(Step::Apply, desired.describe())?;
     Ok(())
 }
 
@@ -173,11 +173,7 @@ impl Created {
 pub async fn apply_unless_unseen(ctx: &Context, desired: &Rendered) -> Result<Applied, Error> {
     match compare(ctx, desired)? {
         Compared::Same => return Ok(Applied::Unchanged),
-        Compared::Differs => {
-            write(ctx, desired).await?;
-            return Ok(Applied::Wrote);
-        }
-        Compared::Adds(removals) => {
+        Compared::Differs(removals) => {
             remove_additions(ctx, desired, removals).await?;
             write(ctx, desired).await?;
             return Ok(Applied::Wrote);

@@ -64,7 +64,7 @@ fn same_quantity(actual: &Value, desired: &Value) -> bool {
 }
 
 /// Empty values are not stored by the API server, so their absence matches.
-pub fn is_empty(value: &Value) -> bool {
+fn is_empty(value: &Value) -> bool {
     match value {
         Value::Null => true,
         Value::Array(a) => a.is_empty(),

@@ -56,7 +56,8 @@ pub fn progress(
     stalled: Option<(&str, String)>,
     generation: Option<i64>,
 ) -> [Condition; 2] {
-    let reconciling = !ready.status && stalled.is_none();
+    let is_stalled = stalled.is_some();
+    let reconciling = !ready.status && !is_stalled;
     let (reconciling_reason, reconciling_message) = if reconciling {
         (ready.reason, ready.message.clone())
     } else {
@@ -76,7 +77,7 @@ pub fn progress(
         condition(
             previous,
             "Stalled",
-            stalled_reason != "NotStalled",
+            is_stalled,
             stalled_reason,
             stalled_message,
             generation,

@@ -38,8 +38,7 @@ pub enum Lifecycle {
     /// Deleted once no longer rendered.
     Pruned,
     /// Holds data: kept (labelled orphaned, no longer managed) unless its owner's policy says
-    /// `Delete`. (A namespace still carries its owner's reference, so the garbage collector
-    /// deletes it if the owner goes without its finalizer: the hardening issue removes that.)
+    /// `Delete`. Never given an owner reference, so no garbage collection deletes it.
     Data,
     /// Watched, never written.
     Watched,
@@ -160,7 +159,7 @@ const fn is_cluster_scoped(kind: &str) -> bool {
 }
 
 /// Namespaces: a comune's, or a Shared service's. Kept or deleted only by their owner's policy.
-/// Its isolation labels are exact (see `apply::isolation_label`).
+/// Its isolation labels are exact (see `compare::isolation_label`).
 pub const NAMESPACE: Kind = Kind::typed::<Namespace>(Owner::Both, Lifecycle::Data, Cache::Managed)
     .exact(&["/metadata/labels"]);
 /// Each namespace's quota.

@@ -117,6 +117,13 @@ pub fn sum_of(text: &str, metric: &str) -> u64 {
         .sum::<f64>() as u64
 }
 
+/// Merges the keys of `extra` into `object` (both JSON objects).
+pub fn merge(object: &mut serde_json::Value, extra: serde_json::Value) {
+    if let (Some(object), serde_json::Value::Object(extra)) = (object.as_object_mut(), extra) {
+        object.extend(extra);
+    }
+}
+
 /// Holds the operator lock for the test's duration.
 pub async fn exclusive() -> tokio::sync::MutexGuard<'static, ()> {
     ONE_OPERATOR.lock().await

@@ -13,7 +13,7 @@ use super::{
         passes::{Scope, Went},
     },
     credentials::ensure_credentials,
-    failures::{each, on, reasons, record},
+    failures::{each, on, record},
     observe::{instance_state, serving},
     rollout::{Observed, plan},
     status::{Summary, entry, finish, summarize, write_status},
@@ -115,7 +115,7 @@ pub async fn reconcile_dedicated(
         .for_each(report);
     let retry = record(s, &failures, |c| scope.covers(c), ctx).await;
     let halted = plan.halted.iter().map(|&i| comuni[i].name_any()).collect();
-    let summary = summarize(s, comuni, &states, halted).failed_on(reasons(&failures));
+    let summary = summarize(s, comuni, &states, halted).failed_on(&failures);
     Ok((
         finish(s, summary, retry, ctx).await?,
         went(&wrote, &failures),

@@ -136,14 +136,6 @@ pub async fn record(
     next
 }
 
-/// The failures' comuni and reasons, for the service's status.
-pub fn reasons(failures: &[Failed]) -> Vec<(String, &'static str)> {
-    failures
-        .iter()
-        .map(|f| (f.comune.clone(), f.error.reason()))
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

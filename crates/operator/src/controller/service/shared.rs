@@ -26,7 +26,7 @@ use super::{
         passes::{Scope, Went},
     },
     credentials::ensure_credentials,
-    failures::{each, on, reasons, record},
+    failures::{each, on, record},
     observe::instance_state,
     status::{Summary, entry, finish, summarize_shared, write_status},
     teardown::{prune, remove_unrendered},
@@ -101,7 +101,7 @@ pub async fn reconcile_shared(
     failures.extend(prune(s, keep, scope, ctx).await);
     (0..comuni.len()).for_each(report);
     let retry = record(s, &failures, |c| scope.covers(c), ctx).await;
-    let summary = summarize_shared(s, &ns, state).failed_on(reasons(&failures));
+    let summary = summarize_shared(s, &ns, state).failed_on(&failures);
     Ok((
         finish(s, summary, retry, ctx).await?,
         went(&wrote, &failures),

@@ -23,6 +23,7 @@ use super::{
         object::publish,
     },
     InstanceState,
+    failures::Failed,
 };
 use crate::render::service::template_version;
 
@@ -40,6 +41,8 @@ pub struct Summary {
     not_ready: Vec<NotReady>,
     rollout: Option<RolloutStatus>,
     halted: Option<Vec<String>>,
+    /// Comuni where the pass was refused (see `failed_on`).
+    refused: Vec<String>,
 }
 
 impl Summary {
@@ -52,30 +55,35 @@ impl Summary {
             not_ready: vec![],
             rollout: None,
             halted: None,
+            refused: vec![],
         }
     }
-}
 
-impl Summary {
     /// Lists the comuni a pass failed on first among those not ready, with the error's reason,
     /// and says so in the Ready condition's message.
-    pub fn failed_on(mut self, failures: Vec<(String, &'static str)>) -> Summary {
+    pub fn failed_on(mut self, failures: &[Failed]) -> Summary {
         if failures.is_empty() {
             return self;
         }
-        let names: Vec<&str> = failures.iter().map(|(c, _)| c.as_str()).collect();
+        let names: Vec<&str> = failures.iter().map(|f| f.comune.as_str()).collect();
         self.ready_condition.message.push_str(&format!(
             "; failing on {} comuni ({}), see their status",
             failures.len(),
             names.join(", ")
         ));
+        // Refused (a conflict, a denial, an invalid object): they wait for a person.
+        self.refused = failures
+            .iter()
+            .filter(|f| matches!(f.error.reason(), "conflict" | "forbidden" | "invalid"))
+            .map(|f| f.comune.clone())
+            .collect();
         self.not_ready
-            .retain(|n| !failures.iter().any(|(c, _)| *c == n.municipality));
+            .retain(|n| !failures.iter().any(|f| f.comune == n.municipality));
         let mut listed: Vec<NotReady> = failures
-            .into_iter()
-            .map(|(municipality, reason)| NotReady {
-                municipality,
-                reason: format!("Failed ({reason})"),
+            .iter()
+            .map(|f| NotReady {
+                municipality: f.comune.clone(),
+                reason: format!("Failed ({})", f.error.reason()),
             })
             .collect();
         listed.append(&mut self.not_ready);
@@ -135,6 +143,7 @@ pub fn summarize(
         not_ready,
         rollout,
         halted: (!halted.is_empty()).then_some(halted),
+        refused: vec![],
     }
 }
 
@@ -166,6 +175,7 @@ pub fn summarize_shared(s: &SharedService, ns: &str, state: InstanceState) -> Su
             total: 1,
         }),
         halted: (state == InstanceState::Stalled).then(|| vec![ns.to_string()]),
+        refused: vec![],
     }
 }
 
@@ -249,15 +259,12 @@ fn stalled(summary: &Summary, halt_message: &str) -> Option<(&'static str, Strin
     if summary.halted.is_some() {
         return Some(("RolloutHalted", halt_message.to_string()));
     }
-    let names = |pick: &dyn Fn(&str) -> bool| -> Vec<&str> {
-        summary
-            .not_ready
-            .iter()
-            .filter(|n| pick(&n.reason))
-            .map(|n| n.municipality.as_str())
-            .collect()
-    };
-    let over = names(&|r| r == "QuotaExceeded");
+    let over: Vec<&str> = summary
+        .not_ready
+        .iter()
+        .filter(|n| n.reason == "QuotaExceeded")
+        .map(|n| n.municipality.as_str())
+        .collect();
     if !over.is_empty() {
         let message = format!(
             "instances do not fit their comune's quota: {}; raise the quota or lower the template's resources",
@@ -265,16 +272,10 @@ fn stalled(summary: &Summary, halt_message: &str) -> Option<(&'static str, Strin
         );
         return Some(("QuotaExceeded", message));
     }
-    let refused = names(&|r| {
-        r.starts_with("Failed")
-            && ["conflict", "forbidden", "invalid"]
-                .iter()
-                .any(|k| r.contains(k))
-    });
-    (!refused.is_empty()).then(|| {
+    (!summary.refused.is_empty()).then(|| {
         let message = format!(
             "refused in comuni {}: see each comune's status for what to fix",
-            refused.join(", ")
+            summary.refused.join(", ")
         );
         ("ComuniFailing", message)
     })
