@@ -14,7 +14,7 @@ METRICS_ADDR ?= 127.0.0.1:8080
 # The demo: the local control plane, the CRDs and tenant roles, the example comuni and service
 # catalogue, and the operator in the foreground (Ctrl-C stops it; the cluster keeps running).
 run: cluster-up
-	cargo build -p consorzio
+	cargo build -p consorzio -p consorzio-testkit --bins
 	source target/cluster/env && \
 	  kubectl apply --server-side -f crds/ && \
 	  kubectl wait --for=condition=Established crd/municipalities.consorzio.io crd/sharedservices.consorzio.io && \
@@ -25,11 +25,15 @@ run: cluster-up
 	  echo "  source target/cluster/env" && \
 	  echo "  kubectl get mun                     # the comuni, with their namespace and readiness" && \
 	  echo "  kubectl get ssvc                    # the shared services" && \
+	  echo "  kubectl get clusters.postgresql.cnpg.io,mariadbs.k8s.mariadb.com -A   # their databases" && \
 	  echo "  kubectl get all,quota,netpol,rolebinding -n comune-lugano" && \
 	  echo "  curl -s http://$(METRICS_ADDR)/metrics | grep ^consorzio_" && \
+	  echo "(CloudNativePG and mariadb-operator cannot run here: target/debug/play-databases sets their" && \
+	  echo " objects' status as they would, as kwok plays the kubelet)" && \
 	  echo && \
-	  KUBECONFIG=target/cluster/operator-kubeconfig exec target/debug/consorzio run --metrics-addr $(METRICS_ADDR) --pod-toleration kwok.x-k8s.io/node:NoSchedule \
-	    --leader-election-namespace consorzio
+	  { target/debug/play-databases & player=$$!; trap 'kill $$player' EXIT; \
+	    KUBECONFIG=target/cluster/operator-kubeconfig target/debug/consorzio run --metrics-addr $(METRICS_ADDR) --pod-toleration kwok.x-k8s.io/node:NoSchedule \
+	    --leader-election-namespace consorzio; }
 
 test: cluster-up
 	cargo test --workspace --all-targets --no-fail-fast -- --test-threads=$(TEST_THREADS)

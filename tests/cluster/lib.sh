@@ -229,11 +229,26 @@ EOF
 # the chart installs them: every test and the demo run the operator under them.
 # A failure is reported, not fatal: `make manifests` needs the cluster's helm to regenerate a
 # broken file (the tests apply them again, and fail on an error).
+# The CRDs of the operators listed in operators.txt, from the Go module cache (downloaded once).
+# SKIP_OPERATOR_CRDS=1 leaves them out (a cluster without them: the operator says what to install).
+install_operator_crds() {
+  [[ -n "${SKIP_OPERATOR_CRDS:-}" ]] && return 0
+  local module version files mod_dir args=()
+  while read -r module version files; do
+    [[ -z "$module" || "$module" == \#* ]] && continue
+    mod_dir=$(cd "$dir" && GOFLAGS=-mod=mod go mod download -json "$module@$version" | jq -r .Dir) ||
+      die "go mod download $module@$version failed"
+    for f in $files; do args+=(-f "$mod_dir/$f"); done
+  done <"$here/operators.txt"
+  "$kubectl" apply --server-side --force-conflicts "${args[@]}" >/dev/null
+}
+
 install_platform() {
   local repo="$here/../.."
   "$kubectl" apply --server-side --force-conflicts -f "$repo/deploy/namespace.yaml" \
     -f "$repo/deploy/rbac/operator.yaml" -f "$repo/deploy/rbac/tenant-roles.yaml" >/dev/null ||
     echo "warning: deploy/rbac could not be applied (see above); run make manifests" >&2
+  install_operator_crds
 }
 
 # The default StorageClass, whose volumes kwok provisions (see kwok.yaml). A claim is bound once

@@ -7,11 +7,15 @@
 //! be checked when an object is applied is part of the CRD (OpenAPI schema and CEL), so the API
 //! server refuses bad input with a message that names the field.
 
+mod app;
 mod common;
+mod database;
 mod municipality;
 mod shared_service;
 
+pub use app::*;
 pub use common::{Condition, conditions_schema};
+pub use database::*;
 pub use municipality::*;
 pub use shared_service::*;
 

@@ -4,15 +4,22 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::{
     api::core::v1::ResourceRequirements,
-    apimachinery::pkg::{
-        api::resource::Quantity, apis::meta::v1::LabelSelector, util::intstr::IntOrString,
-    },
+    apimachinery::pkg::{apis::meta::v1::LabelSelector, util::intstr::IntOrString},
 };
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::common::{Condition, conditions_schema, list_map};
+use crate::{
+    app::{AppTemplate, KNOWN_PLACEHOLDERS_MESSAGE, KNOWN_PLACEHOLDERS_RULE, ReclaimPolicy},
+    common::{Condition, conditions_schema, list_map},
+    database::Database,
+};
+
+/// CEL, on the spec: what a reference needs of the service (the settings keys that exist only
+/// with a database, an ingress or Dedicated tenancy; the database Secret only with a database).
+const NEEDS_RULE: &str = "!has(self.template.env) || self.template.env.all(e, !has(e.valueFrom) || (has(e.valueFrom.secretKeyRef) ? (e.valueFrom.secretKeyRef.name != 'database' || has(self.database)) : (!e.valueFrom.configMapKeyRef.key.startsWith('CONSORZIO_DB_') || has(self.database)) && (e.valueFrom.configMapKeyRef.key != 'CONSORZIO_URL' || has(self.ingress)) && (e.valueFrom.configMapKeyRef.key != 'CONSORZIO_MUNICIPALITY' || self.tenancy == 'Dedicated')))";
+const NEEDS_MESSAGE: &str = "template.env[].valueFrom names what this service does not make: the database Secret and the CONSORZIO_DB_* settings need spec.database, CONSORZIO_URL needs spec.ingress, CONSORZIO_MUNICIPALITY needs tenancy Dedicated";
 
 /// The placeholders a template may use, filled from each comune's Municipality.
 pub const PLACEHOLDERS: &[&str] = &[
@@ -29,11 +36,6 @@ pub const PLACEHOLDERS: &[&str] = &[
     "canton",
     "union",
 ];
-
-/// CEL: every `{{ … }}` in `self` is one of [`PLACEHOLDERS`] (one regular expression, so its cost
-/// stays linear in the length of the text). Kept in sync with [`PLACEHOLDERS`] by a unit test.
-const KNOWN_PLACEHOLDERS_RULE: &str = "self.matches('^([^{]|[{][^{]|[{][{] *municipality[.](name|displayName|namespace|code|country|istatCode|belfioreCode|province|region|bfsNumber|canton|union) *[}][}])*[{]?$')";
-const KNOWN_PLACEHOLDERS_MESSAGE: &str = "unknown placeholder: use {{ municipality.<field> }} with field one of name, displayName, namespace, code, country, istatCode, belfioreCode, province, region, bfsNumber, canton, union";
 
 /// An application hosted once by the consorzio and offered to a set of comuni.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -53,15 +55,21 @@ const KNOWN_PLACEHOLDERS_MESSAGE: &str = "unknown placeholder: use {{ municipali
     printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyInstances"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = Rule::new("size(self.metadata.name) <= 55 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')")
-        .message("metadata.name must be a DNS label of at most 55 characters starting with a letter (lowercase letters, digits and '-'): it names the Service and the namespace shared-<name>")
+        .message("metadata.name must be a DNS label of at most 55 characters starting with a letter (lowercase letters, digits and '-'): it names the Service and the namespace shared-<name>"),
+    validation = Rule::new("!self.metadata.name.endsWith('-db') && !self.metadata.name.contains('-db-')")
+        .message("metadata.name may not end in -db or contain -db-: <service>-db names the service's database servers, and the database operators name their own objects after them (<service>-db-rw, <service>-db-root, ...)"),
 )]
 #[x_kube(
     validation = Rule::new("self.tenancy != 'Dedicated' || !has(self.ingress) || self.ingress.host.matches('[{][{] *municipality[.]name *[}][}]')")
         .message("ingress.host must contain {{ municipality.name }} when tenancy is Dedicated, so that every comune gets its own host, e.g. \"{{ municipality.name }}.gis.example.org\""),
     validation = Rule::new("self.tenancy != 'Shared' || !has(self.ingress) || !self.ingress.host.contains('{{')")
         .message("ingress.host cannot use placeholders when tenancy is Shared: one instance serves every comune, under one host"),
-    validation = Rule::new("self.tenancy != 'Shared' || !has(self.template.env) || self.template.env.all(e, !e.value.contains('{{'))")
+    validation = Rule::new("self.tenancy != 'Shared' || !has(self.template.env) || self.template.env.all(e, !has(e.value) || !e.value.contains('{{'))")
         .message("template.env values cannot use placeholders when tenancy is Shared: one instance serves every comune; each comune finds its tenant id in the access point's ConfigMap <service>-connection"),
+    validation = Rule::new("!has(self.overrides) || !has(self.template.volumes) || self.template.volumes.all(v, v.accessMode == 'ReadWriteMany') || self.overrides.all(k, !has(self.overrides[k].replicas) || self.overrides[k].replicas <= 1)")
+        .message("overrides[].replicas greater than 1 need every template volume ReadWriteMany: a ReadWriteOnce volume attaches to one node")
+        .field_path(".overrides"),
+    validation = Rule::new(NEEDS_RULE).message(NEEDS_MESSAGE).field_path(".template.env"),
     validation = Rule::new("self.tenancy != 'Shared' || !has(self.overrides) || size(self.overrides) == 0")
         .message("overrides apply to Dedicated services only: a Shared service runs one instance for every comune"),
 )]
@@ -86,6 +94,16 @@ pub struct SharedServiceSpec {
 
     /// The application: its container, settings and storage.
     pub template: AppTemplate,
+
+    /// A database for each instance (see `Database` for where it lives).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<Database>,
+
+    /// What happens to a comune's data (its volumes and its database) when the comune stops
+    /// getting the service or the SharedService is deleted: Retain (default) keeps it, labelled
+    /// consorzio.io/orphaned; Delete removes it.
+    #[serde(default)]
+    pub reclaim_policy: ReclaimPolicy,
 
     /// How comuni reach the application over HTTP(S).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -131,115 +149,6 @@ pub struct MunicipalitySelection {
         inner(length(max = 63), regex(pattern = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))
     )]
     pub names: Vec<String>,
-}
-
-/// The application's container, settings and storage.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct AppTemplate {
-    /// The container image, with a tag or a digest, e.g. "docker.io/kartoza/geoserver:2.26.1".
-    #[x_kube(
-        validation = Rule::new("self.matches('^[^\\\\s@]+(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}|@sha256:[a-f0-9]{64})$')")
-            .message("image must carry a tag or a digest, e.g. docker.io/library/nginx:1.27 or nginx@sha256:<64 hex digits>"),
-        validation = Rule::new("!self.endsWith(':latest')")
-            .message("image must not use the tag latest: pin a version, so that rollouts can tell versions apart")
-    )]
-    #[schemars(length(min = 1, max = 512))]
-    pub image: String,
-
-    /// The port the application listens on.
-    #[schemars(range(min = 1, max = 65535))]
-    pub port: i32,
-
-    /// Pods per instance.
-    #[serde(default = "one")]
-    #[schemars(range(min = 0, max = 100))]
-    pub replicas: i32,
-
-    /// Environment variables. Values may use placeholders filled from each comune, e.g.
-    /// "{{ municipality.name }}" or "{{ municipality.code }}".
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 64))]
-    pub env: Vec<EnvVar>,
-
-    /// CPU and memory requests and limits of the application's container.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub resources: Option<ResourceRequirements>,
-
-    /// Health checks over HTTP.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub probes: Option<Probes>,
-
-    /// A persistent volume for the application's data.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub storage: Option<Storage>,
-
-    /// Replaces the image's entrypoint.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub command: Vec<String>,
-
-    /// Arguments to the entrypoint.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub args: Vec<String>,
-}
-
-fn one() -> i32 {
-    1
-}
-
-/// An environment variable of the application.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
-pub struct EnvVar {
-    /// The variable's name: letters, digits, '_', '.' and '-', not starting with a digit.
-    #[schemars(
-        length(min = 1, max = 128),
-        regex(pattern = "^[A-Za-z_][A-Za-z0-9_.-]*$")
-    )]
-    pub name: String,
-    /// The value; may use placeholders such as {{ municipality.name }}.
-    #[serde(default)]
-    #[x_kube(validation = Rule::new(KNOWN_PLACEHOLDERS_RULE).message(KNOWN_PLACEHOLDERS_MESSAGE))]
-    #[schemars(length(max = 1024))]
-    pub value: String,
-}
-
-/// HTTP health checks.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
-pub struct Probes {
-    /// The HTTP path answering 2xx when the application is healthy, e.g. "/healthz".
-    #[schemars(regex(pattern = "^/"), length(max = 1024))]
-    pub path: String,
-    /// The port to probe; the application's port when unset.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 65535))]
-    pub port: Option<i32>,
-}
-
-/// A persistent volume for the application's data.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct Storage {
-    /// The volume's size, e.g. "10Gi".
-    #[x_kube(validation = Rule::new("isQuantity(string(self)) && quantity(string(self)).isGreaterThan(quantity('0'))").message("storage.size must be a positive quantity, e.g. 10Gi"))]
-    pub size: Quantity,
-    /// Where the volume is mounted in the container, e.g. "/var/lib/app".
-    #[schemars(regex(pattern = "^/"), length(max = 1024))]
-    pub mount_path: String,
-    /// What happens to a comune's volume when the comune stops getting the service or the
-    /// SharedService is deleted: Retain (default) keeps it, labelled consorzio.io/orphaned;
-    /// Delete removes it.
-    #[serde(default)]
-    pub reclaim_policy: VolumeReclaimPolicy,
-}
-
-/// What happens to a comune's volume when its instance goes away.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
-pub enum VolumeReclaimPolicy {
-    /// Keep the volume, labelled consorzio.io/orphaned (the default).
-    #[default]
-    Retain,
-    /// Delete the volume with the instance.
-    Delete,
 }
 
 /// How comuni reach the application over HTTP(S).

@@ -159,10 +159,10 @@ fn image_needs_a_pinned_tag_or_digest() {
 #[test]
 fn unknown_placeholders_are_refused() {
     let mut s = service(SIT);
-    s.spec.template.env[0].value = "{{ municipality.mayor }}".into();
+    s.spec.template.env[0].value = Some("{{ municipality.mayor }}".into());
     assert!(errors_of(validate_cel(&s)).contains("unknown placeholder"));
     // Braces that are no placeholder are fine.
-    s.spec.template.env[0].value = "{\"json\": {\"a\": 1}}".into();
+    s.spec.template.env[0].value = Some("{\"json\": {\"a\": 1}}".into());
     assert_eq!(errors_of(validate_cel(&s)), "");
 }
 

@@ -105,7 +105,18 @@ impl Direct {
             if kind == "Deployment" {
                 deployments.insert((object.namespace(), object.name_any()));
             }
-            if let Some(secret) = credentials(&object) {
+            let secrets = credentials(&object)
+                .into_iter()
+                .chain(database_secrets(&object));
+            for secret in secrets {
+                let id = format!(
+                    "Secret/{}/{}",
+                    secret.namespace().unwrap_or_default(),
+                    secret.name_any()
+                );
+                if seen.insert(id, 1).is_some() {
+                    continue;
+                }
                 let key = ("v1".to_string(), "Secret".to_string());
                 resources
                     .entry(key.clone())
@@ -251,6 +262,48 @@ fn credentials(deployment: &DynamicObject) -> Option<DynamicObject> {
         "data": {"CONSORZIO_PASSWORD": BASE64_32},
     });
     serde_json::from_value(secret).ok()
+}
+
+/// The database password Secrets the operator creates before the objects that read them: the
+/// one an instance's env reads (`<service>-database`), and the ones a database operator reads (a
+/// server's initdb owner, a PostgreSQL role, a MariaDB user), each once.
+fn database_secrets(object: &DynamicObject) -> Vec<DynamicObject> {
+    use consorzio::render::{MANAGED_BY, MUNICIPALITY_LABEL, service::SERVICE_LABEL};
+    let spec = &object.data["spec"];
+    let mut names: Vec<&str> = vec![];
+    for var in spec["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        if let Some(name) = var["valueFrom"]["secretKeyRef"]["name"].as_str()
+            && name.ends_with("-database")
+        {
+            names.push(name);
+        }
+    }
+    names.extend(spec["bootstrap"]["initdb"]["secret"]["name"].as_str());
+    names.extend(spec["passwordSecret"]["name"].as_str());
+    names.extend(spec["passwordSecretKeyRef"]["name"].as_str());
+    let labels: serde_json::Map<String, Value> = object
+        .labels()
+        .iter()
+        .filter(|(k, _)| [MANAGED_BY.0, SERVICE_LABEL, MUNICIPALITY_LABEL].contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.as_str().into()))
+        .collect();
+    names
+        .into_iter()
+        .filter_map(|name| {
+            serde_json::from_value(json!({
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "type": "kubernetes.io/basic-auth",
+                "metadata": {"name": name, "namespace": object.namespace(), "labels": labels},
+                "data": {"username": "YmVuY2g=", "password": BASE64_32},
+            }))
+            .ok()
+        })
+        .collect()
 }
 
 /// 32 alphanumeric characters, base64-encoded: the size of a generated password.

@@ -188,9 +188,7 @@ pub(crate) fn service_manifest(
     value["metadata"] = json!({"name": name, "labels": {"consorzio.io/bench": "true"}});
     value["spec"]["municipalities"] = json!({"selector": selector});
     // Benchmark data is not worth keeping.
-    if value["spec"]["template"]["storage"].is_object() {
-        value["spec"]["template"]["storage"]["reclaimPolicy"] = "Delete".into();
-    }
+    value["spec"]["reclaimPolicy"] = "Delete".into();
     change(&mut value);
     Ok(value)
 }

@@ -84,6 +84,24 @@ struct Settings {
         value_delimiter = ','
     )]
     internet_egress_except: Vec<String>,
+    /// Namespace of CloudNativePG's operator, admitted to the PostgreSQL servers it runs.
+    #[arg(long, env = "CONSORZIO_CNPG_NAMESPACE", default_value = "cnpg-system")]
+    cnpg_namespace: String,
+    /// Namespace of mariadb-operator, admitted to the MariaDB servers it runs.
+    #[arg(
+        long,
+        env = "CONSORZIO_MARIADB_OPERATOR_NAMESPACE",
+        default_value = "mariadb-operator"
+    )]
+    mariadb_operator_namespace: String,
+    /// The API server's address ranges (CIDR, repeatable), which database servers reach:
+    /// without any, they may reach ports 443 and 6443 of any address.
+    #[arg(
+        long = "api-server-cidr",
+        env = "CONSORZIO_API_SERVER_CIDRS",
+        value_delimiter = ','
+    )]
+    api_server_cidrs: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -164,15 +182,22 @@ impl Settings {
         if labels.is_empty() {
             bail!("--ingress-namespace-selector needs at least one key=value label");
         }
-        for cidr in &self.internet_egress_except {
-            if !consorzio::render::is_cidr(cidr) {
+        let flags = [
+            ("--internet-egress-except", &self.internet_egress_except),
+            ("--api-server-cidr", &self.api_server_cidrs),
+        ];
+        for (flag, cidrs) in flags {
+            if let Some(cidr) = cidrs.iter().find(|c| !consorzio::render::is_cidr(c)) {
                 bail!(
-                    "--internet-egress-except {cidr:?} is not an address range, e.g. 203.0.113.0/24 or 2001:db8::/32"
+                    "{flag} {cidr:?} is not an address range, e.g. 203.0.113.0/24 or 2001:db8::/32"
                 );
             }
         }
         Ok(Config {
             internet_egress_except: self.internet_egress_except.clone(),
+            cnpg_namespace: self.cnpg_namespace.clone(),
+            mariadb_operator_namespace: self.mariadb_operator_namespace.clone(),
+            api_server_cidrs: self.api_server_cidrs.clone(),
             namespace_prefix: prefix.clone(),
             ingress_namespace_labels: labels,
             concurrency: self.concurrency,

@@ -65,8 +65,23 @@ pub fn render_files(paths: &[PathBuf], config: &Config) -> anyhow::Result<()> {
             .iter()
             .filter(|m| render::service::selects(s, m));
         if render::service::is_dedicated(s) {
+            let chosen: Vec<_> = chosen.collect();
+            // The service's server, for the databases of its ordinary comuni.
+            let on_server = |m: &Municipality| {
+                render::database::place_for(m) == render::database::Place::SharedServer
+            };
+            if let Some(db) = &s.spec.database
+                && chosen.iter().any(|m| on_server(m))
+            {
+                rendered.extend(render::service_namespace::render_database_namespace(
+                    s, db, config,
+                )?);
+            }
             for m in chosen {
                 rendered.extend(render::service::render_dedicated(s, m, config)?);
+                if s.spec.database.is_some() && on_server(m) {
+                    rendered.push(render::shared::render_subscription(s, m, config, true)?);
+                }
             }
         } else {
             rendered.extend(render::shared::render_shared(s, config)?);

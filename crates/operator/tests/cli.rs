@@ -36,9 +36,17 @@ fn render_prints_every_object_of_the_example_comuni() {
     assert_eq!(
         out.matches("# NetworkPolicy comune-").count(),
         5 * (5 + 2),
-        "4 policies and internet egress each, and one access policy per Shared service they get \
-         (identity and opendata)"
+        "4 policies and internet egress each, the access policy of the Shared service they get \
+         (identity), and the policy of their own Nextcloud database server"
     );
+    // Critical data: each city's Nextcloud database on a server of its own, in its namespace.
+    assert!(out.contains("# Cluster comune-lugano/nextcloud-db\n"));
+    assert!(out.contains("# NetworkPolicy comune-lugano/consorzio-database-nextcloud\n"));
+    assert!(
+        !out.contains("# Namespace shared-nextcloud\n"),
+        "no shared server: {out}"
+    );
+    assert!(out.contains("# Cluster shared-identity/identity-db\n"));
     // Dedicated: an instance in the comune's namespace. Shared: one instance in its own
     // namespace, an access point in each comune's.
     assert!(out.contains("# Deployment comune-lugano/nextcloud\n"));

@@ -211,10 +211,10 @@ async fn invalid_template_changes_nothing_and_a_stalled_rollout_halts() {
         let before = versions().await?;
 
         // A placeholder these Italian comuni cannot fill: InvalidTemplate, nothing touched.
-        s.spec.template.env.push(consorzio_api::EnvVar {
-            name: "CANTON".into(),
-            value: "{{ municipality.canton }}".into(),
-        });
+        s.spec.template.env.push(consorzio_api::EnvVar::literal(
+            "CANTON",
+            "{{ municipality.canton }}",
+        ));
         apply_service(&env, &s).await?;
         let status = wait_status(&env, &name, "InvalidTemplate", |st| {
             st.conditions.iter().any(|c| c.reason == "InvalidTemplate")

@@ -353,15 +353,8 @@ async fn every_catalogue_service_reaches_ready() {
                 services.push(catalogue_service(name, names.clone())?);
             }
         }
-        assert_eq!(services.len(), 8, "the catalogue's services");
+        assert_eq!(services.len(), 7, "the catalogue's services");
         for s in &services {
-            if s.spec.tenancy == consorzio_api::Tenancy::Shared {
-                env.delete_later_dynamic(
-                    ApiResource::erase::<Namespace>(&()),
-                    None,
-                    format!("shared-{}", s.name_any()),
-                );
-            }
             apply_service(&env, s).await?;
         }
         for s in &services {

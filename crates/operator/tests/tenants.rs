@@ -315,9 +315,7 @@ async fn a_tenants_own_objects_are_never_taken_over_and_its_instance_stays_the_o
         let (b, ns_b) = onboard(&env, &comune()).await?;
         let mut s = catalogue_service("sito-comunale", json!({"names": [b]}))?;
         let service = s.name_any();
-        if let Some(storage) = s.spec.template.storage.as_mut() {
-            storage.reclaim_policy = consorzio_api::VolumeReclaimPolicy::Delete;
-        }
+        s.spec.reclaim_policy = consorzio_api::ReclaimPolicy::Delete;
         // Finding 7: comune a's admin made a volume claim of the instance's name, holding its data.
         let claim: PersistentVolumeClaim = serde_json::from_value(json!({
             "metadata": {"name": format!("{service}-data")},

@@ -8,7 +8,7 @@ mod support;
 use std::{collections::BTreeMap, time::Duration};
 
 use anyhow::{Context as _, ensure};
-use consorzio_api::{DeletionPolicy, VolumeReclaimPolicy};
+use consorzio_api::{DeletionPolicy, ReclaimPolicy};
 use consorzio_testkit::{Env, install_crds, run, wait_gone};
 use k8s_openapi::{
     api::core::v1::{Namespace, PersistentVolumeClaim, Secret},
@@ -72,9 +72,7 @@ async fn deleting_the_crds_loses_nothing_and_reinstalling_adopts_everything() {
         }
         let names: Vec<String> = comuni.iter().map(|m| m.name_any()).collect();
         let mut s = catalogue_service("sito-comunale", json!({"names": names}))?;
-        if let Some(storage) = s.spec.template.storage.as_mut() {
-            storage.reclaim_policy = VolumeReclaimPolicy::Delete;
-        }
+        s.spec.reclaim_policy = ReclaimPolicy::Delete;
         let service = s.name_any();
         apply_service(&env, &s).await?;
         wait_status(&env, &service, "both instances Available", |st| {

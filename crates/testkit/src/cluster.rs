@@ -137,6 +137,13 @@ impl Cluster {
         self.client_as(OPERATOR_USER, &OPERATOR_GROUPS).await
     }
 
+    /// Runs `tests/cluster/up` again: on a running cluster it installs again what the rig
+    /// installs (the platform's RBAC and policies, the database and other operators' CRDs).
+    pub fn reinstall(&self) -> anyhow::Result<()> {
+        ensure_up().map_err(anyhow::Error::msg)?;
+        Ok(())
+    }
+
     /// A client that impersonates `user` in `groups`.
     pub async fn client_as(&self, user: &str, groups: &[&str]) -> anyhow::Result<Client> {
         let mut config = self.config().await?;

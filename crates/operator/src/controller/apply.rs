@@ -61,7 +61,7 @@ fn compare(ctx: &Context, desired: &Rendered) -> Result<Compared, Error> {
         want.remove("apiVersion");
         want.remove("kind");
     }
-    let kind = kinds::find(&desired.resource.kind);
+    let kind = kinds::find(&desired.resource);
     if let Some(removals) = kind.and_then(|k| compare::additions(k, &have, &want)) {
         return Ok(Compared::Differs(removals));
     }
@@ -200,10 +200,17 @@ pub async fn delete(
 ) -> Result<(), Error> {
     let object = describe(kind.kind, namespace, name);
     tracing::debug!(%object, "deleting");
+    let api = api_for(ctx, &kind.resource(), namespace);
+    if let Some(patch) = kind.before_delete {
+        let patch: Value = serde_json::from_str(patch).map_err(Error::render(&object))?;
+        ctx.metrics.wrote(kind.kind);
+        let patched = api
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await;
+        gone_is_done(patched).during(Step::Delete, object.clone())?;
+    }
     ctx.metrics.wrote(kind.kind);
-    let deleted = api_for(ctx, &kind.resource(), namespace)
-        .delete(name, &DeleteParams::background())
-        .await;
+    let deleted = api.delete(name, &DeleteParams::background()).await;
     gone_is_done(deleted).during(Step::Delete, object)
 }
 
@@ -281,12 +288,15 @@ pub fn unrendered(
     belongs: impl Fn(&Cached) -> bool,
     rendered: &[Rendered],
 ) -> Vec<(&'static Kind, Arc<Cached>)> {
-    let wanted: HashSet<(&str, String)> = rendered
+    let wanted: HashSet<(&str, &str, String)> = rendered
         .iter()
-        .map(|r| (r.resource.kind.as_str(), r.object.name_any()))
+        .map(|r| {
+            let (group, kind) = (r.resource.group.as_str(), r.resource.kind.as_str());
+            (group, kind, r.object.name_any())
+        })
         .collect();
     owned_in(ctx, owner, ns, |kind, obj| {
-        belongs(obj) && !wanted.contains(&(kind.kind, obj.name().to_string()))
+        belongs(obj) && !wanted.contains(&(kind.group, kind.kind, obj.name().to_string()))
     })
 }
 

@@ -5,7 +5,11 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     fmt::Debug,
-    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    sync::{
+        Arc, Mutex, MutexGuard, PoisonError,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
 };
 
 use consorzio_api::{Municipality, QuotaUsage, SharedService};
@@ -35,13 +39,17 @@ use crate::{
     render::{MANAGED_BY, MUNICIPALITY_LABEL, Rendered, service::SERVICE_LABEL},
 };
 
+/// How long the start waits for an optional kind's first list: a served kind lists in moments,
+/// one whose CRD is missing never does.
+const OPTIONAL_LIST: Duration = Duration::from_secs(5);
+
 /// The changes of one kind, as one controller receives them from the shared cache.
 pub type Events<K> = reflector::ReflectHandle<DeserializeGuard<K>>;
 
 /// Every cache.
 #[derive(Clone, Debug)]
 pub struct Caches {
-    by_kind: HashMap<&'static str, KindCache>,
+    by_kind: HashMap<(&'static str, &'static str), KindCache>,
     /// Every Municipality, shared by both controllers.
     pub municipalities: Store<DeserializeGuard<Municipality>>,
     /// Every SharedService.
@@ -61,6 +69,8 @@ struct KindCache {
 /// of 1,000 comuni).
 #[derive(Debug, Default)]
 struct Index {
+    /// Whether the watch has listed its objects once (the kind is served).
+    listed: AtomicBool,
     live: Mutex<ByNamespace>,
     /// While the watch lists its objects (at start, or again after it lost track), the new
     /// index; it replaces `live` once the list is complete, as the store does.
@@ -100,6 +110,7 @@ impl Index {
                 if let Some(listing) = lock(&self.listing).take() {
                     *lock(&self.live) = listing;
                 }
+                self.listed.store(true, Ordering::Relaxed);
             }
             Event::Apply(obj) => insert(&mut lock(&self.live), obj),
             Event::Delete(obj) => {
@@ -142,10 +153,22 @@ impl Caches {
                 }
                 Cache::Managed => Box::new(by_owner(triggers)),
             };
-            by_kind.insert(kind.kind, watch(client, kind, namespace_prefix, route));
+            by_kind.insert(
+                (kind.group, kind.kind),
+                watch(client, kind, namespace_prefix, route),
+            );
         }
-        for cache in by_kind.values() {
-            cache.store.wait_until_ready().await?;
+        for kind in KINDS.iter().filter(|k| k.cache != Cache::Unread) {
+            let ready = by_kind[&(kind.group, kind.kind)].store.wait_until_ready();
+            if !kind.optional {
+                ready.await?;
+            } else if tokio::time::timeout(OPTIONAL_LIST, ready).await.is_err() {
+                tracing::info!(
+                    kind = kind.kind,
+                    group = kind.group,
+                    "not served by this cluster (yet): services that need it wait for it"
+                );
+            }
         }
         Ok(Caches {
             by_kind,
@@ -154,8 +177,15 @@ impl Caches {
         })
     }
 
+    /// Whether the cluster serves `kind` (its watch has listed it): an optional kind's CRD may
+    /// be missing, or installed since the operator started.
+    pub fn serves(&self, kind: &Kind) -> bool {
+        self.of(kind)
+            .is_some_and(|c| c.index.listed.load(Ordering::Relaxed))
+    }
+
     fn of(&self, kind: &Kind) -> Option<&KindCache> {
-        self.by_kind.get(kind.kind)
+        self.by_kind.get(&(kind.group, kind.kind))
     }
 
     /// The cached object of `kind` named `name` (in `ns`).
@@ -169,7 +199,7 @@ impl Caches {
 
     /// The cluster's copy of a rendered object, if the caches hold one.
     pub fn cached(&self, rendered: &Rendered) -> Option<Value> {
-        let kind = kinds::find(&rendered.resource.kind)?;
+        let kind = kinds::find(&rendered.resource)?;
         let ns = rendered.object.namespace();
         self.get(kind, ns.as_deref(), &rendered.object.name_any())?
             .value()
@@ -234,11 +264,18 @@ fn watch(client: &Client, kind: &Kind, prefix: &str, changed: Route) -> KindCach
     };
     let stream = reflector::reflector(writer, events).touched_objects();
     let kind_name = kind.kind;
+    let optional = kind.optional;
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         while let Some(event) = stream.next().await {
             match event {
                 Ok(obj) => changed(&obj),
+                // A kind whose CRD is not installed: listed once it is (the watch retries).
+                Err(watcher::Error::InitialListFailed(kube::Error::Api(status)))
+                    if optional && status.code == 404 =>
+                {
+                    tracing::debug!(kind = kind_name, "not served, retrying");
+                }
                 Err(error) => tracing::warn!(kind = kind_name, %error, "watch failed, retrying"),
             }
         }

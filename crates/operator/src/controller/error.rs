@@ -39,6 +39,8 @@ pub enum Step {
     Apply,
     /// Creating an object once (generated credentials).
     Create,
+    /// Giving a database user and its application a new password together.
+    NewPassword,
     /// Reading an object the caches do not hold.
     Read,
     /// Deleting an object no longer wanted.
@@ -58,6 +60,7 @@ impl fmt::Display for Step {
         f.write_str(match self {
             Step::Apply => "applying",
             Step::Create => "creating",
+            Step::NewPassword => "writing a new password to",
             Step::Read => "reading",
             Step::Delete => "deleting",
             Step::Keep => "keeping (labelling orphaned)",

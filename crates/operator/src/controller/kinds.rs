@@ -16,6 +16,8 @@ use k8s_openapi::api::{
 };
 use kube::core::ApiResource;
 
+use crate::render::database::kinds::{self as db, Gvk};
+
 /// Who renders objects of a kind, and so whose changes they report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Owner {
@@ -80,6 +82,14 @@ pub struct Kind {
     /// policy, a subject to a binding, a key to the quota, an isolation label to the namespace)
     /// is removed as well as drift that changes or deletes.
     pub exact: &'static [&'static str],
+    /// Whether its CRD may be missing: it comes with another operator (CloudNativePG,
+    /// mariadb-operator), which a cluster may not have. The operator starts without it, says so
+    /// on the services that need it, and picks the kind up once it is installed.
+    pub optional: bool,
+    /// Merged into an object before the operator deletes it under a `Delete` policy: what tells
+    /// a database operator to drop the data too (objects are rendered to keep it, so that no
+    /// deletion by anyone else drops it).
+    pub before_delete: Option<&'static str>,
 }
 
 impl Kind {
@@ -98,6 +108,27 @@ impl Kind {
             lifecycle,
             cache,
             exact: &[],
+            optional: false,
+            before_delete: None,
+        }
+    }
+
+    /// A kind of another operator's (no Rust types), rendered by a service, holding data: its
+    /// CRD may be missing.
+    const fn custom(gvk: Gvk, before_delete: Option<&'static str>) -> Kind {
+        let (group, version, kind, plural) = gvk;
+        Kind {
+            group,
+            version,
+            kind,
+            plural,
+            namespaced: true,
+            owner: Owner::Service,
+            lifecycle: Lifecycle::Data,
+            cache: Cache::Managed,
+            exact: &[],
+            optional: true,
+            before_delete,
         }
     }
 
@@ -202,6 +233,29 @@ pub const SECRET: Kind = Kind::typed::<Secret>(Owner::Service, Lifecycle::Data, 
 pub const DEFAULT_SERVICE_ACCOUNT: Kind =
     Kind::typed::<ServiceAccount>(Owner::Neither, Lifecycle::Watched, Cache::Named("default"));
 
+/// A PostgreSQL server (CloudNativePG). Deleting it deletes its volumes (they are its own).
+pub const CNPG_CLUSTER: Kind = Kind::custom(db::CNPG_CLUSTER, None);
+/// A PostgreSQL role on a shared server.
+pub const CNPG_ROLE: Kind = Kind::custom(
+    db::CNPG_ROLE,
+    Some(r#"{"spec":{"databaseRoleReclaimPolicy":"delete"}}"#),
+);
+/// A PostgreSQL database.
+pub const CNPG_DATABASE: Kind = Kind::custom(
+    db::CNPG_DATABASE,
+    Some(r#"{"spec":{"databaseReclaimPolicy":"delete"}}"#),
+);
+/// A MariaDB server (mariadb-operator). Its volumes outlive it (a StatefulSet's claims).
+pub const MARIADB: Kind = Kind::custom(db::MARIADB, None);
+/// What tells mariadb-operator to drop a database, user or grant with its object.
+const MARIADB_CLEANUP: Option<&str> = Some(r#"{"spec":{"cleanupPolicy":"Delete"}}"#);
+/// A MariaDB database.
+pub const MARIADB_DATABASE: Kind = Kind::custom(db::MARIADB_DATABASE, MARIADB_CLEANUP);
+/// A MariaDB user.
+pub const MARIADB_USER: Kind = Kind::custom(db::MARIADB_USER, MARIADB_CLEANUP);
+/// A MariaDB user's rights on its database.
+pub const MARIADB_GRANT: Kind = Kind::custom(db::MARIADB_GRANT, MARIADB_CLEANUP);
+
 /// Every kind, the namespace first (everything else lives in one).
 pub const KINDS: &[Kind] = &[
     NAMESPACE,
@@ -217,11 +271,20 @@ pub const KINDS: &[Kind] = &[
     VOLUME_CLAIM,
     SECRET,
     DEFAULT_SERVICE_ACCOUNT,
+    CNPG_CLUSTER,
+    CNPG_ROLE,
+    CNPG_DATABASE,
+    MARIADB,
+    MARIADB_DATABASE,
+    MARIADB_USER,
+    MARIADB_GRANT,
 ];
 
-/// The declared kind named `kind`.
-pub fn find(kind: &str) -> Option<&'static Kind> {
-    KINDS.iter().find(|k| k.kind == kind)
+/// The declared kind of an object of `resource`.
+pub fn find(resource: &ApiResource) -> Option<&'static Kind> {
+    KINDS
+        .iter()
+        .find(|k| k.kind == resource.kind && k.group == resource.group)
 }
 
 /// Whether `owner` renders objects of `kind`.
@@ -237,8 +300,10 @@ mod tests {
 
     use super::*;
     use crate::render::{
-        Config, Rendered, render_municipality,
-        service::{is_dedicated, render_dedicated, selects},
+        Config, Rendered,
+        database::Place,
+        render_municipality,
+        service::{is_dedicated, render_dedicated_at, selects},
         shared::{render_access_point, render_shared},
     };
 
@@ -256,7 +321,21 @@ mod tests {
     fn every_kind_the_examples_render_is_declared_for_its_owner() {
         let docs = consorzio_testkit::example_manifests().expect("the examples read");
         let comuni: Vec<Municipality> = of_kind(&docs, "Municipality");
-        let services: Vec<SharedService> = of_kind(&docs, "SharedService");
+        let mut services: Vec<SharedService> = of_kind(&docs, "SharedService");
+        // And each as it would be scaled out (on ReadWriteMany volumes): what several replicas
+        // add.
+        let scaled: Vec<SharedService> = services
+            .iter()
+            .map(|s| {
+                let mut s = s.clone();
+                s.spec.template.replicas = 2;
+                for v in &mut s.spec.template.volumes {
+                    v.access_mode = consorzio_api::AccessMode::ReadWriteMany;
+                }
+                s
+            })
+            .collect();
+        services.extend(scaled);
         assert!(
             comuni.len() > 10 && services.len() > 5,
             "the examples are there"
@@ -274,7 +353,12 @@ mod tests {
             }
             for m in comuni.iter().filter(|m| selects(s, m)) {
                 let objects = if is_dedicated(s) {
-                    render_dedicated(s, m, &config).expect("renders")
+                    // Its database wherever a comune's may be.
+                    let mut objects = vec![];
+                    for place in [Place::Own, Place::SharedServer] {
+                        objects.extend(render_dedicated_at(s, m, &config, place).expect("renders"));
+                    }
+                    objects
                 } else {
                     render_access_point(s, m, &config).expect("renders")
                 };
@@ -283,7 +367,7 @@ mod tests {
         }
         let mut seen = std::collections::BTreeSet::new();
         for (owner, r) in &rendered {
-            let kind = find(&r.resource.kind)
+            let kind = find(&r.resource)
                 .unwrap_or_else(|| panic!("{} is rendered and not declared", r.describe()));
             assert!(
                 rendered_by(kind, *owner),
@@ -320,7 +404,8 @@ mod tests {
                 .filter(|k| k.kind != "Namespace")
                 .all(|k| k.namespaced)
         );
-        let unique: std::collections::BTreeSet<_> = KINDS.iter().map(|k| k.kind).collect();
+        let unique: std::collections::BTreeSet<_> =
+            KINDS.iter().map(|k| (k.group, k.kind)).collect();
         assert_eq!(unique.len(), KINDS.len(), "one entry per kind");
     }
 

@@ -14,6 +14,7 @@ use super::{
     fixtures::{comune, service},
     municipality::render_municipality,
     service::render_dedicated,
+    service_namespace::render_database_namespace,
     shared::{render_access_point, render_shared},
 };
 
@@ -40,7 +41,7 @@ const ODD_NAMES: &[&str] = &[
     "service-x",
 ];
 
-fn odd_service(name: &str, tenancy: &str) -> consorzio_api::SharedService {
+fn odd_service(name: &str, tenancy: &str, engine: &str) -> consorzio_api::SharedService {
     service(&format!(
         r#"
 apiVersion: consorzio.io/v1alpha1
@@ -54,7 +55,8 @@ spec:
     image: docker.io/library/nginx:1.27
     port: 8080
     replicas: 2
-    storage: {{size: 1Gi, mountPath: /data}}
+    volumes: [{{name: data, size: 1Gi, mountPath: /data}}, {{name: more, size: 1Gi, mountPath: /more}}]
+  database: {{engine: {engine}, version: "17", size: 1Gi}}
   ingress: {{host: "{name}.example.it"}}
 "#
     ))
@@ -71,10 +73,13 @@ fn rendered(services: &[(&str, &str)]) -> BTreeMap<String, usize> {
     .expect("access");
     m.spec.network.allow_internet_egress = true;
     let mut all = render_municipality(&m, &config).expect("the comune renders");
-    for (name, tenancy) in services {
-        let s = odd_service(name, tenancy);
+    for (i, (name, tenancy)) in services.iter().enumerate() {
+        let engine = if i % 4 < 2 { "PostgreSQL" } else { "MariaDB" };
+        let s = odd_service(name, tenancy, engine);
         if *tenancy == "Dedicated" {
             all.extend(render_dedicated(&s, &m, &config).expect("an instance renders"));
+            let db = s.spec.database.as_ref().expect("a database");
+            all.extend(render_database_namespace(&s, db, &config).expect("a server renders"));
         } else {
             all.extend(render_access_point(&s, &m, &config).expect("an access point renders"));
             all.extend(render_shared(&s, &config).expect("a shared instance renders"));
@@ -84,7 +89,7 @@ fn rendered(services: &[(&str, &str)]) -> BTreeMap<String, usize> {
     for r in &all {
         let key = format!(
             "{} {}/{}",
-            r.resource.kind,
+            r.resource.api_version.clone() + "/" + &r.resource.kind,
             r.object.namespace().unwrap_or_default(),
             r.object.name_any()
         );
@@ -124,9 +129,16 @@ fn no_rendered_name_collides_whatever_the_services_are_called() {
             "RoleBinding",
             "Ingress",
             "PodDisruptionBudget",
+            "Cluster",
+            "MariaDB",
+            "DatabaseRole",
+            "Grant",
         ] {
             assert!(
-                counts.keys().any(|k| k.starts_with(kind)),
+                counts.keys().any(|k| k
+                    .split(' ')
+                    .next()
+                    .is_some_and(|g| g.ends_with(&format!("/{kind}")))),
                 "no {kind} rendered"
             );
         }

@@ -30,7 +30,7 @@ spec:
     port: 8080
     env: [{name: TITLE, value: "Comune di {{ municipality.displayName }}"}]
     probes: {path: /healthz}
-    storage: {size: 5Gi, mountPath: /data}
+    volumes: [{name: data, size: 5Gi, mountPath: /data}]
   ingress: {host: "{{ municipality.name }}.comuni.example.it", tlsSecretName: wildcard}
   overrides:
     perosa: {replicas: 3, env: {TITLE: "Perosa!"}}

@@ -1,19 +1,17 @@
 //! An application instance: its settings ConfigMap, Deployment (and PodDisruptionBudget when it
-//! runs several replicas), Service, Ingress and volume claim, as a Dedicated service renders one
+//! runs several replicas), Service, Ingress and volume claims (its pod: `pod`), as a Dedicated service renders one
 //! in each comune's namespace and a Shared service once in its own.
 
 use std::collections::BTreeMap;
 
+use consorzio_api::AccessMode;
 use consorzio_api::SharedService;
 use k8s_openapi::{
     api::{
-        apps::v1::{Deployment, DeploymentSpec},
+        apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy},
         core::v1::{
-            Capabilities, ConfigMap, ConfigMapEnvSource, Container, ContainerPort, EnvFromSource,
-            EnvVar, HTTPGetAction, PersistentVolumeClaim, PersistentVolumeClaimSpec,
-            PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-            SeccompProfile, SecretEnvSource, SecurityContext, Service, ServicePort, ServiceSpec,
-            Volume, VolumeMount, VolumeResourceRequirements,
+            ConfigMap, EnvVar, PersistentVolumeClaim, PersistentVolumeClaimSpec, Service,
+            ServicePort, ServiceSpec, VolumeResourceRequirements,
         },
         networking::v1::{
             HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule,
@@ -27,25 +25,26 @@ use kube::{ResourceExt, core::ObjectMeta};
 
 use super::{
     Config, MUNICIPALITY_LABEL, Rendered,
+    database::Connection,
+    pod::pod_template,
     service::{
-        CREDENTIALS_ANNOTATION, SERVICE_LABEL, VERSION_ANNOTATION, credentials_name, labels, meta,
-        settings_name, volume_name,
+        CREDENTIALS_ANNOTATION, SERVICE_LABEL, VERSION_ANNOTATION, claim_name, credentials_name,
+        labels, meta, settings_name,
     },
 };
-
-/// User and group the application runs as: never root.
-const APP_UID: i64 = 10001;
 
 /// Where an instance runs and what it is given: a Dedicated instance is a comune's, a Shared one
 /// (`municipality: None`) serves every selected comune.
 pub(crate) struct Instance {
     pub namespace: String,
     pub municipality: Option<String>,
-    pub env: BTreeMap<String, String>,
+    pub env: Vec<EnvVar>,
     pub host: Option<String>,
     pub replicas: i32,
     pub resources: Option<k8s_openapi::api::core::v1::ResourceRequirements>,
     pub version: String,
+    /// Where its database is, when the service has one.
+    pub database: Option<Connection>,
 }
 
 /// The URL of a service behind its ingress host.
@@ -58,7 +57,7 @@ pub(crate) fn public_url(s: &SharedService, host: &str) -> String {
     format!("{}://{host}", if tls { "https" } else { "http" })
 }
 
-/// The settings ConfigMap, Deployment, Service, Ingress and volume claim of an instance.
+/// The settings ConfigMap, Deployment, Service, Ingress and volume claims of an instance.
 pub(crate) fn render_instance(
     s: &SharedService,
     i: Instance,
@@ -76,6 +75,9 @@ pub(crate) fn render_instance(
     }
     if let Some(host) = &i.host {
         settings.insert("CONSORZIO_URL".into(), public_url(s, host));
+    }
+    if let Some(db) = &i.database {
+        settings.extend(db.settings());
     }
     let settings_map = ConfigMap {
         metadata: meta(settings_name(s), ns, labels.clone()),
@@ -99,6 +101,16 @@ pub(crate) fn render_instance(
         spec: Some(DeploymentSpec {
             replicas: Some(replicas),
             progress_deadline_seconds: Some(s.spec.rollout.progress_deadline_seconds),
+            // A ReadWriteOnce volume attaches to one node: the old pod lets go of it before the
+            // new one starts, wherever the new one is scheduled.
+            strategy: t
+                .volumes
+                .iter()
+                .any(|v| v.access_mode == AccessMode::ReadWriteOnce)
+                .then(|| DeploymentStrategy {
+                    type_: Some("Recreate".into()),
+                    rolling_update: None,
+                }),
             selector: LabelSelector {
                 match_labels: Some(selector.clone()),
                 ..Default::default()
@@ -143,13 +155,14 @@ pub(crate) fn render_instance(
             &name, ns, &labels, ingress, host, t.port,
         ))?);
     }
-    if let Some(storage) = &t.storage {
+    for v in &t.volumes {
         out.push(Rendered::new(&PersistentVolumeClaim {
-            metadata: meta(volume_name(s), ns, labels.clone()),
+            metadata: meta(claim_name(s, &v.name), ns, labels.clone()),
             spec: Some(PersistentVolumeClaimSpec {
-                access_modes: Some(vec!["ReadWriteOnce".into()]),
+                access_modes: Some(vec![format!("{:?}", v.access_mode)]),
+                storage_class_name: v.storage_class_name.clone(),
                 resources: Some(VolumeResourceRequirements {
-                    requests: Some(BTreeMap::from([("storage".into(), storage.size.clone())])),
+                    requests: Some(BTreeMap::from([("storage".into(), v.size.clone())])),
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -200,127 +213,5 @@ fn render_ingress(
             ..Default::default()
         }),
         ..Default::default()
-    }
-}
-
-/// The application's pod: admitted under Pod Security `restricted` (non-root, no privilege
-/// escalation, no capabilities, RuntimeDefault seccomp).
-fn pod_template(
-    s: &SharedService,
-    labels: &BTreeMap<String, String>,
-    version: &str,
-    env: BTreeMap<String, String>,
-    resources: Option<k8s_openapi::api::core::v1::ResourceRequirements>,
-    config: &Config,
-) -> PodTemplateSpec {
-    let t = &s.spec.template;
-    let name = s.name_any();
-    let probe = t.probes.as_ref().map(|p| Probe {
-        http_get: Some(HTTPGetAction {
-            path: Some(p.path.clone()),
-            port: IntOrString::Int(p.port.unwrap_or(t.port)),
-            ..Default::default()
-        }),
-        period_seconds: Some(10),
-        ..Default::default()
-    });
-    let (volumes, mounts) = match &t.storage {
-        Some(storage) => (
-            Some(vec![Volume {
-                name: "data".into(),
-                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
-                    claim_name: volume_name(s),
-                    read_only: None,
-                }),
-                ..Default::default()
-            }]),
-            Some(vec![VolumeMount {
-                name: "data".into(),
-                mount_path: storage.mount_path.clone(),
-                ..Default::default()
-            }]),
-        ),
-        None => (None, None),
-    };
-    let non_empty = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
-    PodTemplateSpec {
-        metadata: Some(ObjectMeta {
-            labels: Some(labels.clone()),
-            annotations: Some(BTreeMap::from([(
-                VERSION_ANNOTATION.into(),
-                version.into(),
-            )])),
-            ..Default::default()
-        }),
-        spec: Some(PodSpec {
-            security_context: Some(PodSecurityContext {
-                run_as_non_root: Some(true),
-                run_as_user: Some(APP_UID),
-                run_as_group: Some(APP_UID),
-                fs_group: Some(APP_UID),
-                seccomp_profile: Some(SeccompProfile {
-                    type_: "RuntimeDefault".into(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            tolerations: (!config.pod_tolerations.is_empty())
-                .then(|| config.pod_tolerations.clone()),
-            automount_service_account_token: Some(false),
-            containers: vec![Container {
-                name: name.clone(),
-                image: Some(t.image.clone()),
-                command: non_empty(&t.command),
-                args: non_empty(&t.args),
-                ports: Some(vec![ContainerPort {
-                    name: Some("http".into()),
-                    container_port: t.port,
-                    ..Default::default()
-                }]),
-                env: (!env.is_empty()).then(|| {
-                    env.into_iter()
-                        .map(|(name, value)| EnvVar {
-                            name,
-                            value: Some(value),
-                            value_from: None,
-                        })
-                        .collect()
-                }),
-                env_from: Some(vec![
-                    EnvFromSource {
-                        config_map_ref: Some(ConfigMapEnvSource {
-                            name: settings_name(s),
-                            optional: None,
-                        }),
-                        ..Default::default()
-                    },
-                    EnvFromSource {
-                        secret_ref: Some(SecretEnvSource {
-                            name: credentials_name(s),
-                            optional: Some(true),
-                        }),
-                        ..Default::default()
-                    },
-                ]),
-                resources,
-                readiness_probe: probe.clone(),
-                liveness_probe: probe.map(|p| Probe {
-                    failure_threshold: Some(6),
-                    ..p
-                }),
-                security_context: Some(SecurityContext {
-                    allow_privilege_escalation: Some(false),
-                    capabilities: Some(Capabilities {
-                        drop: Some(vec!["ALL".into()]),
-                        add: None,
-                    }),
-                    ..Default::default()
-                }),
-                volume_mounts: mounts,
-                ..Default::default()
-            }],
-            volumes,
-            ..Default::default()
-        }),
     }
 }

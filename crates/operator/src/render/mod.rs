@@ -2,14 +2,19 @@
 //! No I/O: the controllers apply what these return, and `consorzio render` prints it.
 
 #[cfg(test)]
+mod apps;
+#[cfg(test)]
 mod collisions;
+pub mod database;
 #[cfg(test)]
 mod fixtures;
 pub mod instance;
 pub mod municipality;
 mod network;
+pub mod pod;
 pub mod selection;
 pub mod service;
+pub mod service_namespace;
 pub mod shared;
 pub mod template;
 
@@ -52,6 +57,13 @@ pub struct Config {
     /// Address ranges a comune's internet egress never reaches, besides the private and
     /// special-purpose ones (e.g. the nodes' public addresses), IPv4 or IPv6.
     pub internet_egress_except: Vec<String>,
+    /// The namespace of CloudNativePG's operator, which must reach its PostgreSQL servers.
+    pub cnpg_namespace: String,
+    /// The namespace of mariadb-operator, which must reach its MariaDB servers.
+    pub mariadb_operator_namespace: String,
+    /// The API server's addresses, which database servers reach (CloudNativePG's instance
+    /// manager stops a primary that cannot): when empty, any address on ports 443 and 6443.
+    pub api_server_cidrs: Vec<String>,
 }
 
 impl Default for Config {
@@ -65,6 +77,9 @@ impl Default for Config {
             concurrency: 16,
             pod_tolerations: vec![],
             internet_egress_except: vec![],
+            cnpg_namespace: "cnpg-system".into(),
+            mariadb_operator_namespace: "mariadb-operator".into(),
+            api_server_cidrs: vec![],
         }
     }
 }

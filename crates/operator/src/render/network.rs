@@ -10,7 +10,17 @@ use k8s_openapi::{
     apimachinery::pkg::{apis::meta::v1::LabelSelector, util::intstr::IntOrString},
 };
 
-use super::{Config, managed_meta};
+use consorzio_api::{Database, Engine, Municipality, SharedService};
+use kube::ResourceExt;
+
+use super::{
+    Config,
+    database::{server_name, server_pods},
+    managed_meta,
+    municipality::namespace_name,
+    service,
+    shared::shared_namespace,
+};
 
 /// Address ranges that are not the internet, never reachable through the internet rule: the
 /// private ranges pods and services use (so one comune's "internet" never includes other
@@ -198,6 +208,122 @@ pub fn render_network_policies(
         ));
     }
     policies
+}
+
+/// A database server's network, and a comune's way to its database on a shared server (see
+/// `database`).
+fn tcp(ports: &[i32]) -> Option<Vec<NetworkPolicyPort>> {
+    Some(
+        ports
+            .iter()
+            .map(|p| NetworkPolicyPort {
+                port: Some(IntOrString::Int(*p)),
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            })
+            .collect(),
+    )
+}
+
+fn selector(labels: BTreeMap<String, String>) -> Option<LabelSelector> {
+    Some(LabelSelector {
+        match_labels: Some(labels),
+        ..Default::default()
+    })
+}
+
+/// The name of the policy, in a namespace, that concerns `s`'s database there.
+pub fn database_policy_name(s: &SharedService) -> String {
+    format!("consorzio-database-{}", s.name_any())
+}
+
+/// Beside a server, in `ns`: its operator reaches its pods (the SQL port, and CloudNativePG's
+/// instance manager on 8000), and its pods reach the API server (CloudNativePG's instance
+/// manager reads its Cluster there, and stops a primary that cannot). `clients` admits the
+/// namespaces labelled so to the SQL port.
+pub fn render_server_policy(
+    s: &SharedService,
+    db: &Database,
+    ns: &str,
+    labels: &BTreeMap<String, String>,
+    clients: Option<(String, String)>,
+    config: &Config,
+) -> NetworkPolicy {
+    let (operator_ns, operator_ports) = match db.engine {
+        Engine::PostgreSQL => (&config.cnpg_namespace, vec![5432, 8000]),
+        Engine::MariaDB => (&config.mariadb_operator_namespace, vec![3306]),
+    };
+    let namespace = |key: &str, value: &str| NetworkPolicyPeer {
+        namespace_selector: selector(BTreeMap::from([(key.into(), value.into())])),
+        ..Default::default()
+    };
+    let mut ingress = vec![NetworkPolicyIngressRule {
+        from: Some(vec![namespace("kubernetes.io/metadata.name", operator_ns)]),
+        ports: tcp(&operator_ports),
+    }];
+    if let Some((key, value)) = clients {
+        ingress.push(NetworkPolicyIngressRule {
+            from: Some(vec![namespace(&key, &value)]),
+            ports: tcp(&[db.port()]),
+        });
+    }
+    let api_server = config
+        .api_server_cidrs
+        .iter()
+        .map(|cidr| NetworkPolicyPeer {
+            ip_block: Some(k8s_openapi::api::networking::v1::IPBlock {
+                cidr: cidr.clone(),
+                except: None,
+            }),
+            ..Default::default()
+        })
+        .collect::<Vec<_>>();
+    NetworkPolicy {
+        metadata: service::meta(database_policy_name(s), ns, labels.clone()),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: selector(server_pods(db, &server_name(s))),
+            policy_types: Some(vec!["Ingress".into(), "Egress".into()]),
+            ingress: Some(ingress),
+            egress: Some(vec![NetworkPolicyEgressRule {
+                to: (!api_server.is_empty()).then_some(api_server),
+                ports: tcp(&[443, 6443]),
+            }]),
+        }),
+    }
+}
+
+/// In a comune's namespace: its egress to its database on the service's shared server, on the
+/// SQL port only.
+pub fn render_client_policy(
+    s: &SharedService,
+    db: &Database,
+    m: &Municipality,
+    labels: &BTreeMap<String, String>,
+    config: &Config,
+) -> NetworkPolicy {
+    NetworkPolicy {
+        metadata: service::meta(
+            database_policy_name(s),
+            &namespace_name(m, config),
+            labels.clone(),
+        ),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(LabelSelector::default()),
+            policy_types: Some(vec!["Egress".into()]),
+            ingress: None,
+            egress: Some(vec![NetworkPolicyEgressRule {
+                to: Some(vec![NetworkPolicyPeer {
+                    namespace_selector: selector(BTreeMap::from([(
+                        "kubernetes.io/metadata.name".into(),
+                        shared_namespace(s),
+                    )])),
+                    pod_selector: selector(server_pods(db, &server_name(s))),
+                    ..Default::default()
+                }]),
+                ports: tcp(&[db.port()]),
+            }]),
+        }),
+    }
 }
 
 #[cfg(test)]

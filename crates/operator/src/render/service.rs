@@ -4,15 +4,18 @@
 
 use std::collections::BTreeMap;
 
-use consorzio_api::{Municipality, SharedService, Tenancy};
+use consorzio_api::{EnvVar, Municipality, SharedService, Tenancy};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{ResourceExt, core::ObjectMeta};
 
 pub use super::selection::{Selection, selects};
 use super::{
     Config, MANAGED_BY, MUNICIPALITY_LABEL, Rendered,
+    database::{Place, connection, place_for, render_database, render_server, target},
     instance::{Instance, public_url, render_instance},
     municipality::namespace_name,
+    network::{render_client_policy, render_server_policy},
+    pod::env_var,
     template::{TemplateError, fill},
 };
 
@@ -120,17 +123,54 @@ pub fn credentials_name(s: &SharedService) -> String {
     format!("{}-credentials", s.name_any())
 }
 
-/// The name of a service's data volume claim.
-pub fn volume_name(s: &SharedService) -> String {
-    format!("{}-data", s.name_any())
+/// The name of a service's volume claim for its template volume `volume`.
+pub fn claim_name(s: &SharedService, volume: &str) -> String {
+    format!("{}-{volume}", s.name_any())
 }
 
-/// Every object of a Dedicated service's instance for one comune, except the generated Secret
-/// (created once by the controller, never rendered again).
+/// The container's variables of a template: its literal values filled by `fill`, its
+/// references as they are; then `overrides` (name: literal value) replace or add.
+pub(crate) fn container_env<E>(
+    s: &SharedService,
+    overrides: Option<&BTreeMap<String, String>>,
+    fill: impl Fn(&str) -> Result<String, E>,
+) -> Result<Vec<k8s_openapi::api::core::v1::EnvVar>, E> {
+    let mut env = vec![];
+    for var in &s.spec.template.env {
+        let value = var.value.as_deref().map(&fill).transpose()?;
+        env.push(env_var(&s.name_any(), var, value));
+    }
+    for (name, value) in overrides.into_iter().flatten() {
+        let var = env_var(
+            &s.name_any(),
+            &EnvVar::literal(name, ""),
+            Some(fill(value)?),
+        );
+        match env.iter_mut().find(|v| &v.name == name) {
+            Some(existing) => *existing = var,
+            None => env.push(var),
+        }
+    }
+    Ok(env)
+}
+
+/// Every object of a Dedicated service's instance for one comune, except the generated Secrets
+/// (created once by the controller, never rendered again): its database where the comune's data
+/// classification puts it.
 pub fn render_dedicated(
     s: &SharedService,
     m: &Municipality,
     config: &Config,
+) -> Result<Vec<Rendered>, ServiceRenderError> {
+    render_dedicated_at(s, m, config, place_for(m))
+}
+
+/// `render_dedicated`, with the comune's database at `place` (where it was first made).
+pub fn render_dedicated_at(
+    s: &SharedService,
+    m: &Municipality,
+    config: &Config,
+    place: Place,
 ) -> Result<Vec<Rendered>, ServiceRenderError> {
     let comune = m.name_any();
     let filled = |text: &str| {
@@ -141,21 +181,25 @@ pub fn render_dedicated(
     };
     let t = &s.spec.template;
     let o = s.spec.overrides.get(&comune);
-    let mut env: BTreeMap<String, String> = BTreeMap::new();
-    for var in &t.env {
-        env.insert(var.name.clone(), filled(&var.value)?);
-    }
-    for (name, value) in o.map(|o| &o.env).into_iter().flatten() {
-        env.insert(name.clone(), filled(value)?);
-    }
+    let env = container_env(s, o.map(|o| &o.env), filled)?;
     let host = s
         .spec
         .ingress
         .as_ref()
-        .map(|i| filled(&i.host))
-        .transpose()?;
+        .map(|i| fill(&i.host, m, config))
+        .transpose()
+        .map_err(|source| ServiceRenderError::Template {
+            municipality: comune.clone(),
+            source,
+        })?;
+    let ns = namespace_name(m, config);
+    let target = s
+        .spec
+        .database
+        .as_ref()
+        .map(|db| (db, target(s, &ns, Some(&comune), place)));
     let instance = Instance {
-        namespace: namespace_name(m, config),
+        namespace: ns.clone(),
         municipality: Some(comune.clone()),
         env,
         host,
@@ -169,8 +213,25 @@ pub fn render_dedicated(
             .and_then(|o| o.resources.clone())
             .or_else(|| t.resources.clone()),
         version: template_version(s, Some(&comune)),
+        database: target.as_ref().map(|(db, t)| connection(s, db, t)),
     };
-    Ok(render_instance(s, instance, config)?)
+    let mut out = render_instance(s, instance, config)?;
+    if let Some((db, target)) = &target {
+        let labels = labels(s, Some(&comune));
+        let own = place == Place::Own;
+        if own {
+            out.push(render_server(s, db, &ns, &labels, true)?);
+            out.push(Rendered::new(&render_server_policy(
+                s, db, &ns, &labels, None, config,
+            ))?);
+        } else {
+            out.push(Rendered::new(&render_client_policy(
+                s, db, m, &labels, config,
+            ))?);
+        }
+        out.extend(render_database(s, db, target, &labels, own)?);
+    }
+    Ok(out)
 }
 
 /// The URL of a comune's Dedicated instance (its `CONSORZIO_URL`), when the service has an
@@ -318,7 +379,7 @@ mod tests {
     #[test]
     fn a_placeholder_the_comune_cannot_fill_is_an_error_naming_it() {
         let mut s = service(SITO);
-        s.spec.template.env[0].value = "{{ municipality.canton }}".into();
+        s.spec.template.env[0].value = Some("{{ municipality.canton }}".into());
         let err = render_dedicated(&s, &comune("vische", "x"), &Config::default()).unwrap_err();
         assert_eq!(
             err.to_string(),

@@ -6,28 +6,25 @@ use std::collections::BTreeMap;
 use consorzio_api::{Municipality, SharedService};
 use k8s_openapi::{
     api::{
-        core::v1::{
-            ConfigMap, Namespace, ResourceQuota, ResourceQuotaSpec, Service, ServicePort,
-            ServiceSpec,
-        },
+        core::v1::{ConfigMap, Namespace, Service, ServicePort, ServiceSpec},
         networking::v1::{
             NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPeer,
             NetworkPolicyPort, NetworkPolicySpec,
         },
     },
-    apimachinery::pkg::{
-        api::resource::Quantity, apis::meta::v1::LabelSelector, util::intstr::IntOrString,
-    },
+    apimachinery::pkg::{apis::meta::v1::LabelSelector, util::intstr::IntOrString},
 };
 use kube::{ResourceExt, core::ObjectMeta};
 
 use super::{
-    Config, MANAGED_BY, ORPHANED_LABEL, Rendered,
+    Config, Rendered,
+    database::{Place, connection, render_database, render_server, target},
     instance::{Instance, public_url, render_instance},
     managed_meta,
-    municipality::{namespace_name, pod_security_restricted, render_limit_range},
-    network::render_network_policies,
-    service::{SERVICE_LABEL, labels, meta, template_version},
+    municipality::namespace_name,
+    network::render_server_policy,
+    service::{SERVICE_LABEL, container_env, labels, meta, template_version},
+    service_namespace::render_isolation,
 };
 
 /// Prefix of the label a comune's namespace carries for each Shared service it subscribes to,
@@ -84,8 +81,7 @@ fn tcp(port: i32) -> Option<Vec<NetworkPolicyPort>> {
 
 /// The shared namespace with the isolation of a comune's (Pod Security `restricted`, a quota with
 /// no NodePort or LoadBalancer Services, default limits, deny-by-default network policies), and
-/// the instance in it. `orphaned` renders the namespace as it is left when the service is deleted
-/// and its data kept.
+/// the instance in it, with its database server when it has one.
 pub fn render_shared(
     s: &SharedService,
     config: &Config,
@@ -94,37 +90,14 @@ pub fn render_shared(
     let name = s.name_any();
     let owner = (SERVICE_LABEL, name.as_str());
     let t = &s.spec.template;
-    let mut out = vec![
-        Rendered::new(&render_shared_namespace(s, false))?,
-        Rendered::new(&ResourceQuota {
-            metadata: managed_meta("consorzio-quota", Some(&ns), owner),
-            spec: Some(ResourceQuotaSpec {
-                hard: Some(BTreeMap::from([
-                    ("services.nodeports".into(), Quantity("0".into())),
-                    ("services.loadbalancers".into(), Quantity("0".into())),
-                ])),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })?,
-        Rendered::new(&render_limit_range(&ns, owner))?,
-    ];
-    for policy in render_network_policies(false, &ns, config, owner) {
-        out.push(Rendered::new(&policy)?);
-    }
+    let mut out = render_isolation(s, config)?;
     out.push(Rendered::new(&NetworkPolicy {
         metadata: managed_meta(SUBSCRIBERS_POLICY, Some(&ns), owner),
         spec: Some(NetworkPolicySpec {
             pod_selector: Some(instance_pods(s)),
             policy_types: Some(vec!["Ingress".into()]),
             ingress: Some(vec![NetworkPolicyIngressRule {
-                from: Some(vec![NetworkPolicyPeer {
-                    namespace_selector: Some(LabelSelector {
-                        match_labels: Some(BTreeMap::from([(subscriber_label(s), "true".into())])),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }]),
+                from: Some(vec![subscribers(s)]),
                 ports: tcp(t.port),
             }]),
             egress: None,
@@ -132,40 +105,44 @@ pub fn render_shared(
     })?);
     // One instance for every comune: the template's values as they are (the API refuses
     // placeholders in a Shared service).
+    let env = container_env(s, None, |v| {
+        Ok::<_, std::convert::Infallible>(v.to_string())
+    })
+    .unwrap_or_else(|never| match never {});
+    let target = s
+        .spec
+        .database
+        .as_ref()
+        .map(|db| (db, target(s, &ns, None, Place::Own)));
     let instance = Instance {
-        namespace: ns,
+        namespace: ns.clone(),
         municipality: None,
-        env: t
-            .env
-            .iter()
-            .map(|v| (v.name.clone(), v.value.clone()))
-            .collect(),
+        env,
         host: s.spec.ingress.as_ref().map(|i| i.host.clone()),
         replicas: t.replicas,
         resources: t.resources.clone(),
         version: template_version(s, None),
+        database: target.as_ref().map(|(db, t)| connection(s, db, t)),
     };
     out.extend(render_instance(s, instance, config)?);
+    if let Some((db, target)) = &target {
+        let labels = labels(s, None);
+        out.push(render_server(s, db, &ns, &labels, true)?);
+        out.push(Rendered::new(&render_server_policy(
+            s, db, &ns, &labels, None, config,
+        ))?);
+        out.extend(render_database(s, db, target, &labels, true)?);
+    }
     Ok(out)
 }
 
-/// The shared namespace (or, `orphaned`, left behind with its data). Like a comune's, it has no
-/// owner reference: only the operator deletes it.
-pub fn render_shared_namespace(s: &SharedService, orphaned: bool) -> Namespace {
-    let mut labels = BTreeMap::from([
-        (MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string()),
-        (SERVICE_LABEL.to_string(), s.name_any()),
-    ]);
-    labels.extend(pod_security_restricted());
-    if orphaned {
-        labels.insert(ORPHANED_LABEL.into(), "true".into());
-    }
-    Namespace {
-        metadata: ObjectMeta {
-            name: Some(shared_namespace(s)),
-            labels: Some(labels),
+/// The namespaces subscribed to `s`.
+fn subscribers(s: &SharedService) -> NetworkPolicyPeer {
+    NetworkPolicyPeer {
+        namespace_selector: Some(LabelSelector {
+            match_labels: Some(BTreeMap::from([(subscriber_label(s), "true".into())])),
             ..Default::default()
-        },
+        }),
         ..Default::default()
     }
 }
@@ -273,7 +250,7 @@ spec:
   template:
     image: docker.osgeo.org/geoserver:2.26.1
     port: 8080
-    storage: {size: 50Gi, mountPath: /data}
+    volumes: [{name: data, size: 50Gi, mountPath: /data}]
   ingress: {host: sit.altosangro.example.it, tlsSecretName: sit-tls}
 "#;
 
@@ -333,12 +310,6 @@ spec:
             "https://sit.altosangro.example.it"
         );
         assert!(settings["data"].get("CONSORZIO_MUNICIPALITY").is_none());
-    }
-
-    #[test]
-    fn orphaned_namespace_says_so() {
-        let ns = render_shared_namespace(&sit(), true);
-        assert_eq!(ns.labels()[ORPHANED_LABEL], "true");
     }
 
     #[test]

@@ -14,8 +14,8 @@ use consorzio::{
 };
 use consorzio_api::{Municipality, SharedService, SharedServiceStatus};
 use consorzio_testkit::{
-    Env, TIMEOUT, example_manifests, install_crds, install_platform, unique_name, wait_for,
-    wait_gone,
+    DatabasePlayer, Env, TIMEOUT, example_manifests, install_crds, install_platform, unique_name,
+    wait_for, wait_gone,
 };
 use k8s_openapi::api::core::v1::Namespace;
 use kube::{
@@ -23,16 +23,18 @@ use kube::{
     api::{Patch, PatchParams},
     core::ApiResource,
 };
-use serde_json::json;
+
 use tokio::{sync::oneshot, task::JoinHandle};
 
 /// Tests in one binary share the cluster's Municipalities: only one operator may run at a time.
 static ONE_OPERATOR: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// An operator running in this test.
+/// An operator running in this test, and the database operators' part played.
 pub struct Operator {
     /// Its metrics.
     pub metrics: Arc<Metrics>,
+    /// Sets the status of the database operators' objects, as they would.
+    pub databases: DatabasePlayer,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
 }
@@ -90,6 +92,7 @@ impl Operator {
         });
         Ok(Operator {
             metrics,
+            databases: DatabasePlayer::start(env.client()),
             stop: Some(stop),
             task,
         })
@@ -212,13 +215,19 @@ pub fn catalogue_service(
         .into_iter()
         .find(|v| v["kind"] == "SharedService" && v["metadata"]["name"] == name)
         .with_context(|| format!("{name} in the catalogue"))?;
-    value["metadata"] = json!({"name": unique_name(name)});
+    value["metadata"] = serde_json::json!({"name": unique_name(name)});
     value["spec"]["municipalities"] = municipalities;
     Ok(serde_json::from_value(value)?)
 }
 
-/// Applies a SharedService (server-side, as a user would) and registers it for clean-up.
+/// Applies a SharedService (server-side, as a user would) and registers it, and the namespace
+/// `shared-<name>` it may make (and keep, with its data), for clean-up.
 pub async fn apply_service(env: &Env, s: &SharedService) -> anyhow::Result<()> {
+    env.delete_later_dynamic(
+        ApiResource::erase::<Namespace>(&()),
+        None,
+        format!("shared-{}", s.name_any()),
+    );
     apply_as_user(env, s).await?;
     Ok(())
 }

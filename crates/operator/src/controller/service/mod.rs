@@ -5,6 +5,7 @@
 //! (`teardown`).
 
 mod credentials;
+mod database;
 mod dedicated;
 mod failures;
 mod observe;

@@ -25,7 +25,9 @@ use super::{
         namespace::{NamespaceState, conflict_message, namespace_state},
         passes::{Scope, Went},
     },
+    InstanceState,
     credentials::ensure_credentials,
+    database::{ensure_database_secrets, missing_operator, waiting_for},
     failures::{each, on, record},
     observe::instance_state,
     status::{Summary, entry, finish, summarize_shared, write_status},
@@ -33,6 +35,8 @@ use super::{
     went,
 };
 use crate::render::{
+    Rendered,
+    database::Place,
     instance::public_url,
     namespace_name,
     service::{SERVICE_LABEL, template_version},
@@ -48,23 +52,43 @@ pub async fn reconcile_shared(
 ) -> Result<(Action, Went), Error> {
     let name = s.name_any();
     let ns = shared_namespace(s);
-    if namespace_state(ctx, &ns, SERVICE_LABEL, &name).await? == NamespaceState::Foreign {
-        let message = conflict_message(&ns, "service", "give the service another name");
-        write_status(s, ctx, Summary::failed("NamespaceConflict", message)).await?;
-        return Ok((Action::requeue(Duration::from_secs(60)), Went::Partly));
+    let db = s.spec.database.as_ref();
+    if let Some(why) = db.and_then(|db| missing_operator(db, ctx)) {
+        write_status(s, ctx, Summary::failed("DatabaseOperatorMissing", why)).await?;
+        return Ok((Action::requeue(Duration::from_secs(10)), Went::Partly));
     }
     let instance =
         render_shared(s, &ctx.config).map_err(Error::render(format!("SharedService {name}")))?;
-    // The namespace first: everything else lives in it.
-    let (namespace, rest) = instance.split_first().ok_or(Error::Malformed(
-        "a Shared service renders its namespace first",
-    ))?;
-    apply_all(ctx, std::slice::from_ref(namespace)).await?;
+    let Some(rest) = claim_namespace(s, &instance, ctx).await? else {
+        let message = conflict_message(&ns, "service", "give the service another name");
+        write_status(s, ctx, Summary::failed("NamespaceConflict", message)).await?;
+        return Ok((Action::requeue(Duration::from_secs(60)), Went::Partly));
+    };
     ensure_credentials(s, &ns, None, ctx).await?;
-    apply_all(ctx, rest).await?;
-    remove_unrendered(s, &ns, &instance, ctx).await?;
     let version = template_version(s, None);
     let state = instance_state(s, &ns, &version, ctx);
+    let waiting = match db {
+        Some(db) => {
+            ensure_database_secrets(s, db, &ns, None, Place::Own, ctx).await?;
+            waiting_for(s, db, &ns, None, Place::Own, ctx)
+        }
+        None => None,
+    };
+    // A new instance starts once its database is ready; one that runs keeps running.
+    let rest: Vec<Rendered> = rest
+        .iter()
+        .filter(|r| {
+            waiting.is_none()
+                || state != InstanceState::Missing
+                || !matches!(
+                    r.resource.kind.as_str(),
+                    "Deployment" | "PodDisruptionBudget"
+                )
+        })
+        .cloned()
+        .collect();
+    apply_all(ctx, &rest).await?;
+    remove_unrendered(s, &ns, &instance, ctx).await?;
 
     // Each comune's entry is reported once its access point is applied, the others' at the end.
     let url = s.spec.ingress.as_ref().map(|i| public_url(s, &i.host));
@@ -73,7 +97,8 @@ pub async fn reconcile_shared(
         let url = url
             .clone()
             .or_else(|| Some(access_url(s, &namespace_name(m, &ctx.config))));
-        ctx.report(m, &name, Some(entry(s, state, url, version.clone())));
+        let entry = entry(s, state, url, version.clone(), waiting.clone());
+        ctx.report(m, &name, Some(entry));
     };
     let wrote = AtomicBool::new(false);
     let (report_ref, wrote_ref) = (&report, &wrote);
@@ -101,11 +126,29 @@ pub async fn reconcile_shared(
     failures.extend(prune(s, keep, scope, ctx).await);
     (0..comuni.len()).for_each(report);
     let retry = record(s, &failures, |c| scope.covers(c), ctx).await;
-    let summary = summarize_shared(s, &ns, state).failed_on(&failures);
+    let summary = summarize_shared(s, &ns, state, waiting.as_deref()).failed_on(&failures);
     Ok((
         finish(s, summary, retry, ctx).await?,
         went(&wrote, &failures),
     ))
+}
+
+/// Applies the service's namespace (the first of `rendered`) unless it is someone else's, and
+/// returns the rest of `rendered`, which lives in it: `None` when it is someone else's.
+pub async fn claim_namespace<'a>(
+    s: &SharedService,
+    rendered: &'a [Rendered],
+    ctx: &Context,
+) -> Result<Option<&'a [Rendered]>, Error> {
+    let ns = shared_namespace(s);
+    if namespace_state(ctx, &ns, SERVICE_LABEL, &s.name_any()).await? == NamespaceState::Foreign {
+        return Ok(None);
+    }
+    let (namespace, rest) = rendered
+        .split_first()
+        .ok_or(Error::Malformed("a service renders its namespace first"))?;
+    apply_all(ctx, std::slice::from_ref(namespace)).await?;
+    Ok(Some(rest))
 }
 
 /// Labels (or unlabels) a comune's namespace as a subscriber of a Shared service, with a merge

@@ -98,19 +98,21 @@ pub fn summarize(
     s: &SharedService,
     comuni: &[&Municipality],
     states: &[InstanceState],
+    waits: &[Option<String>],
     halted: Vec<String>,
 ) -> Summary {
     let mut ready = 0;
     let mut updated = 0;
     let mut not_ready = vec![];
-    for (m, &state) in comuni.iter().zip(states) {
+    for ((m, &state), waiting) in comuni.iter().zip(states).zip(waits) {
         if state != InstanceState::Outdated && state != InstanceState::Missing {
             updated += 1;
         }
-        if state == InstanceState::Available {
+        if state == InstanceState::Available && waiting.is_none() {
             ready += 1;
         } else if not_ready.len() < NOT_READY_LISTED {
             let reason = match state {
+                _ if waiting.is_some() => "WaitingForDatabase",
                 InstanceState::Missing => "Creating",
                 InstanceState::Outdated => "WaitingForRollout",
                 InstanceState::Progressing => "Progressing",
@@ -148,9 +150,17 @@ pub fn summarize(
 }
 
 /// What the status of a Shared service says: one instance, serving every selected comune.
-pub fn summarize_shared(s: &SharedService, ns: &str, state: InstanceState) -> Summary {
-    let ready = usize::from(state == InstanceState::Available);
+pub fn summarize_shared(
+    s: &SharedService,
+    ns: &str,
+    state: InstanceState,
+    waiting: Option<&str>,
+) -> Summary {
+    let ready = usize::from(state == InstanceState::Available && waiting.is_none());
     let message = match state {
+        _ if let Some(what) = waiting => {
+            format!("the instance in {ns} waits for its database: {what}")
+        }
         InstanceState::Available => format!("the instance in {ns} is Available"),
         InstanceState::QuotaExceeded => {
             format!("the instance in {ns} does not fit its namespace's quota")
@@ -179,17 +189,20 @@ pub fn summarize_shared(s: &SharedService, ns: &str, state: InstanceState) -> Su
     }
 }
 
-/// A comune's `status.services` entry for this service, from its instance's state.
+/// A comune's `status.services` entry for this service, from its instance's state and what it
+/// waits for of its database.
 pub fn entry(
     s: &SharedService,
     state: InstanceState,
     url: Option<String>,
     version: String,
+    waiting: Option<String>,
 ) -> ServiceInstanceStatus {
     let phase = if s.spec.suspended {
         "Suspended"
     } else {
         match state {
+            _ if waiting.is_some() => "Pending",
             InstanceState::Available => "Ready",
             InstanceState::Missing => "Pending",
             InstanceState::Outdated | InstanceState::Progressing => "Updating",
@@ -201,7 +214,7 @@ pub fn entry(
         phase: phase.into(),
         url,
         version: Some(version),
-        message: None,
+        message: waiting.map(|what| format!("waiting for its database: {what}")),
     }
 }
 
@@ -253,7 +266,10 @@ pub async fn finish(
 /// their quota, or comuni where it meets an object it did not make or a refusal.
 fn stalled(summary: &Summary, halt_message: &str) -> Option<(&'static str, String)> {
     let reason = summary.ready_condition.reason;
-    if matches!(reason, "InvalidTemplate" | "NamespaceConflict") {
+    if matches!(
+        reason,
+        "InvalidTemplate" | "NamespaceConflict" | "DatabaseOperatorMissing"
+    ) {
         return Some((reason, summary.ready_condition.message.clone()));
     }
     if summary.halted.is_some() {

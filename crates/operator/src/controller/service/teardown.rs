@@ -5,7 +5,7 @@
 
 use std::{collections::BTreeSet, sync::Arc};
 
-use consorzio_api::{SharedService, VolumeReclaimPolicy};
+use consorzio_api::{ReclaimPolicy, SharedService};
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use kube::{Api, Resource, ResourceExt, api::ListParams, runtime::controller::Action};
 
@@ -25,17 +25,19 @@ use super::{
     shared::subscribe,
 };
 use crate::render::{
-    Rendered, comune_namespace, namespace_name,
+    MUNICIPALITY_LABEL, Rendered, comune_namespace,
+    database::{Place, database_secret_name, target},
+    namespace_name,
     service::{SERVICE_LABEL, credentials_name, is_dedicated},
-    shared::{render_shared_namespace, shared_namespace, subscriber_label},
+    service_namespace::render_shared_namespace,
+    shared::{shared_namespace, subscriber_label},
 };
 
 /// What the service says becomes of its data.
 fn reclaim(s: &SharedService) -> Reclaim {
-    let policy = s.spec.template.storage.as_ref().map(|st| st.reclaim_policy);
-    match policy.unwrap_or_default() {
-        VolumeReclaimPolicy::Delete => Reclaim::Delete,
-        VolumeReclaimPolicy::Retain => Reclaim::Retain,
+    match s.spec.reclaim_policy {
+        ReclaimPolicy::Delete => Reclaim::Delete,
+        ReclaimPolicy::Retain => Reclaim::Retain,
     }
 }
 
@@ -66,6 +68,23 @@ pub async fn remove_unrendered(
     ctx: &Context,
 ) -> Result<bool, Error> {
     let gone = unrendered(ctx, Owner::Service, ns, is_ours(s), rendered);
+    for (kind, obj) in &gone {
+        remove(ctx, kind, obj, Reclaim::Retain).await?;
+    }
+    Ok(!gone.is_empty())
+}
+
+/// Removes the service's own objects in its namespace `ns` that `rendered` lacks, leaving the
+/// comuni's (their databases on its server, which go when they leave).
+pub async fn remove_unrendered_of_service(
+    s: &SharedService,
+    ns: &str,
+    rendered: &[Rendered],
+    ctx: &Context,
+) -> Result<bool, Error> {
+    let ours = is_ours(s);
+    let own = |obj: &Cached| ours(obj) && obj.label(MUNICIPALITY_LABEL).is_none();
+    let gone = unrendered(ctx, Owner::Service, ns, own, rendered);
     for (kind, obj) in &gone {
         remove(ctx, kind, obj, Reclaim::Retain).await?;
     }
@@ -169,17 +188,55 @@ async fn remove_instance(
     // otherwise.
     if has_credentials(s, ns, ctx) {
         let secret = credentials_name(s);
-        let had_data = !data.is_empty() || s.spec.template.storage.is_some();
+        let had_data =
+            !data.is_empty() || !s.spec.template.volumes.is_empty() || s.spec.database.is_some();
         if reclaim == Reclaim::Retain && had_data {
             keep(ctx, &kinds::SECRET, Some(ns), &secret).await?;
         } else {
             delete(ctx, &kinds::SECRET, Some(ns), &secret).await?;
         }
     }
+    // The database's password goes with the database (a missing Secret is fine).
+    if s.spec.database.is_some() {
+        let secret = database_secret_name(s);
+        match reclaim {
+            Reclaim::Retain => keep(ctx, &kinds::SECRET, Some(ns), &secret).await?,
+            Reclaim::Delete => delete(ctx, &kinds::SECRET, Some(ns), &secret).await?,
+        }
+    }
     for (kind, obj) in data.iter().chain(&rest) {
         remove(ctx, kind, obj, reclaim).await?;
     }
+    remove_from_server(s, ns, reclaim, ctx).await?;
     subscribe(s, ns, false, ctx).await
+}
+
+/// Removes a comune's database from the service's shared server (its objects there, and the
+/// Secret the server read its password from), kept or deleted as `reclaim` says.
+async fn remove_from_server(
+    s: &SharedService,
+    ns: &str,
+    reclaim: Reclaim,
+    ctx: &Context,
+) -> Result<(), Error> {
+    let server_ns = shared_namespace(s);
+    let Some(comune) = ns.strip_prefix(ctx.config.namespace_prefix.as_str()) else {
+        return Ok(());
+    };
+    if s.spec.database.is_none() || ns == server_ns {
+        return Ok(());
+    }
+    let theirs = owned(s, &server_ns, ctx)
+        .into_iter()
+        .filter(|(_, obj)| obj.label(MUNICIPALITY_LABEL) == Some(comune));
+    for (kind, obj) in theirs {
+        remove(ctx, kind, &obj, reclaim).await?;
+    }
+    let secret = target(s, ns, Some(comune), Place::SharedServer).secret;
+    match reclaim {
+        Reclaim::Retain => keep(ctx, &kinds::SECRET, Some(&server_ns), &secret).await,
+        Reclaim::Delete => delete(ctx, &kinds::SECRET, Some(&server_ns), &secret).await,
+    }
 }
 
 /// Whether namespace `ns` holds any volume claim, managed or kept.

@@ -1,0 +1,346 @@
+//! The catalogue's applications as they would run on real nodes: what each image documents it
+//! writes is on a volume or an empty directory, its port is one its non-root user can bind, its
+//! settings come from objects and keys the operator makes, and its database is its own.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use consorzio_api::{
+    CREDENTIALS_KEY, DATABASE_SECRET_KEYS, DataClassification, Municipality, SharedService,
+};
+use serde_json::Value;
+
+use super::{
+    Config, Rendered,
+    database::{Place, database_secret_name, sql_name},
+    fixtures::comune,
+    service::{credentials_name, is_dedicated, render_dedicated, render_dedicated_at},
+    shared::render_shared,
+};
+
+/// What each image's documentation says it writes (see the sources in the catalogue's
+/// comments): every path must be on a volume or an empty directory.
+const WRITTEN: &[(&str, &[&str])] = &[
+    ("sit", &["/opt/geoserver_data", "/tmp"]),
+    ("sito-comunale", &["/var/www/html", "/tmp", "/run"]),
+    ("nextcloud", &["/var/www/html", "/tmp", "/run"]),
+    ("identity", &["/tmp", "/opt/keycloak/data"]),
+    ("analytics", &["/var/www/html", "/tmp", "/run"]),
+    ("pagopa", &["/var/log/govpay", "/tmp"]),
+    (
+        "formazione",
+        &["/var/www/moodledata", "/var/www/html", "/tmp"],
+    ),
+];
+
+fn catalogue() -> Vec<SharedService> {
+    consorzio_testkit::example_manifests()
+        .expect("the examples read")
+        .into_iter()
+        .filter(|d| d["kind"] == "SharedService")
+        .map(|d| serde_json::from_value(d).expect("a valid SharedService"))
+        .collect()
+}
+
+fn json(r: &Rendered) -> Value {
+    serde_json::to_value(&r.object).expect("serializes")
+}
+
+/// The objects of `s`'s instance for a comune of classification `class` (or the shared one).
+fn instance(s: &SharedService, class: DataClassification) -> Vec<Rendered> {
+    let config = Config::default();
+    if is_dedicated(s) {
+        let mut m = comune("alvito", "x");
+        m.spec.data_classification = class;
+        render_dedicated(s, &m, &config).expect("renders")
+    } else {
+        render_shared(s, &config).expect("renders")
+    }
+}
+
+fn one(objects: &[Rendered], kind: &str) -> Value {
+    json(
+        objects
+            .iter()
+            .find(|r| r.resource.kind == kind)
+            .unwrap_or_else(|| panic!("a {kind}")),
+    )
+}
+
+#[test]
+fn every_app_runs_as_its_image_documents_under_pod_security_restricted() {
+    let services = catalogue();
+    let names: BTreeSet<String> = services
+        .iter()
+        .map(|s| s.metadata.name.clone().unwrap())
+        .collect();
+    let documented: BTreeSet<String> = WRITTEN.iter().map(|(n, _)| n.to_string()).collect();
+    assert_eq!(
+        names, documented,
+        "every catalogue app has its documented paths here"
+    );
+    for s in &services {
+        let name = s.metadata.name.clone().unwrap();
+        let objects = instance(s, DataClassification::Ordinary);
+        let deployment = one(&objects, "Deployment");
+        let pod = &deployment["spec"]["template"]["spec"];
+        let app = &pod["containers"][0];
+        // Non-root, every capability dropped: a port below 1024 needs the sysctl.
+        assert_eq!(pod["securityContext"]["runAsNonRoot"], true, "{name}");
+        assert_ne!(pod["securityContext"]["runAsUser"], 0, "{name}");
+        for c in pod["containers"].as_array().unwrap() {
+            assert_eq!(
+                c["securityContext"]["capabilities"]["drop"][0], "ALL",
+                "{name}"
+            );
+            assert_eq!(
+                c["securityContext"]["allowPrivilegeEscalation"], false,
+                "{name}"
+            );
+        }
+        let port = app["ports"][0]["containerPort"].as_i64().unwrap();
+        let unprivileged = pod["securityContext"]["sysctls"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|s| s["name"] == "net.ipv4.ip_unprivileged_port_start" && s["value"] == "0");
+        assert!(
+            port >= 1024 || unprivileged,
+            "{name}: port {port} is not bindable as non-root"
+        );
+        // Every documented written path is mounted (a volume or an empty directory).
+        let mounts: Vec<&str> = app["volumeMounts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|m| m["mountPath"].as_str())
+            .collect();
+        let written = WRITTEN.iter().find(|(n, _)| *n == name).unwrap().1;
+        for path in written {
+            assert!(
+                mounts.iter().any(|m| path.starts_with(m)),
+                "{name}: {path} is written and not mounted ({mounts:?})"
+            );
+        }
+        // ReadWriteOnce volumes: one replica, the old pod stopped before the new one starts.
+        if objects
+            .iter()
+            .any(|r| r.resource.kind == "PersistentVolumeClaim")
+        {
+            assert!(
+                deployment["spec"]["replicas"].as_i64().unwrap() <= 1,
+                "{name}"
+            );
+            assert_eq!(deployment["spec"]["strategy"]["type"], "Recreate", "{name}");
+        }
+    }
+}
+
+#[test]
+fn every_env_reference_resolves_to_a_key_the_operator_writes() {
+    for s in &catalogue() {
+        let name = s.metadata.name.clone().unwrap();
+        let objects = instance(s, DataClassification::Ordinary);
+        let settings = one(&objects, "ConfigMap");
+        let settings_keys: BTreeSet<&str> = settings["data"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        // What the operator writes: the credentials Secret (ensure_credentials), the database
+        // Secret (ensure_database_secrets), the settings (rendered).
+        let secrets: BTreeMap<String, Vec<&str>> = BTreeMap::from([
+            (credentials_name(s), vec![CREDENTIALS_KEY]),
+            (database_secret_name(s), DATABASE_SECRET_KEYS.to_vec()),
+        ]);
+        let pod = &one(&objects, "Deployment")["spec"]["template"]["spec"];
+        for var in pod["containers"][0]["env"].as_array().into_iter().flatten() {
+            let from = &var["valueFrom"];
+            if let Some(r) = from.get("configMapKeyRef") {
+                assert_eq!(r["name"], settings["metadata"]["name"], "{name}: {var}");
+                assert!(
+                    settings_keys.contains(r["key"].as_str().unwrap()),
+                    "{name}: {var}"
+                );
+            }
+            if let Some(r) = from.get("secretKeyRef") {
+                let keys = secrets.get(r["name"].as_str().unwrap());
+                assert!(
+                    keys.is_some_and(|k| k.contains(&r["key"].as_str().unwrap())),
+                    "{name}: {var} names no key the operator writes"
+                );
+            }
+        }
+    }
+}
+
+fn sito() -> SharedService {
+    catalogue()
+        .into_iter()
+        .find(|s| s.metadata.name.as_deref() == Some("sito-comunale"))
+        .unwrap()
+}
+
+fn nextcloud() -> SharedService {
+    catalogue()
+        .into_iter()
+        .find(|s| s.metadata.name.as_deref() == Some("nextcloud"))
+        .unwrap()
+}
+
+fn described(objects: &[Rendered]) -> Vec<String> {
+    objects.iter().map(Rendered::describe).collect()
+}
+
+#[test]
+fn an_ordinary_comune_gets_a_database_and_user_of_its_own_on_the_services_server() {
+    let objects = instance(&sito(), DataClassification::Ordinary);
+    let names = described(&objects);
+    for expected in [
+        "NetworkPolicy comune-alvito/consorzio-database-sito-comunale",
+        "Database shared-sito-comunale/alvito",
+        "User shared-sito-comunale/alvito",
+        "Grant shared-sito-comunale/alvito",
+    ] {
+        assert!(
+            names.contains(&expected.to_string()),
+            "{expected} in {names:?}"
+        );
+    }
+    assert!(
+        !names.iter().any(|n| n.starts_with("MariaDB ")),
+        "no server of its own"
+    );
+    let kind = |k: &str| -> Value { json(objects.iter().find(|r| r.resource.kind == k).unwrap()) };
+    let (database, user, grant) = (kind("Database"), kind("User"), kind("Grant"));
+    let sql = sql_name("alvito");
+    assert_eq!(database["spec"]["name"], sql);
+    assert_eq!(user["spec"]["name"], sql);
+    // Its user is granted its own database and nothing else.
+    assert_eq!(grant["spec"]["username"], sql);
+    assert_eq!(grant["spec"]["database"], sql);
+    assert_eq!(
+        user["spec"]["passwordSecretKeyRef"]["name"],
+        "alvito-database"
+    );
+    for obj in [&database, &user, &grant] {
+        assert_eq!(
+            obj["spec"]["cleanupPolicy"], "Skip",
+            "no deletion drops data"
+        );
+    }
+    // Its egress opens to the server's pods, on the SQL port only.
+    let policy = one(&objects, "NetworkPolicy");
+    let to = &policy["spec"]["egress"][0];
+    assert_eq!(
+        to["to"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+        "shared-sito-comunale"
+    );
+    assert_eq!(
+        to["to"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/instance"],
+        "sito-comunale-db"
+    );
+    assert_eq!(
+        to["ports"],
+        serde_json::json!([{"port": 3306, "protocol": "TCP"}])
+    );
+    let settings = one(&objects, "ConfigMap");
+    assert_eq!(
+        settings["data"]["CONSORZIO_DB_HOST"],
+        "sito-comunale-db.shared-sito-comunale.svc"
+    );
+    assert_eq!(settings["data"]["CONSORZIO_DB_NAME"], sql);
+}
+
+#[test]
+fn a_critical_comune_gets_a_server_of_its_own_in_its_namespace() {
+    let objects = instance(&nextcloud(), DataClassification::Critical);
+    let names = described(&objects);
+    assert!(
+        names.contains(&"Cluster comune-alvito/nextcloud-db".to_string()),
+        "{names:?}"
+    );
+    assert!(
+        !names.iter().any(|n| n.contains("shared-")),
+        "nothing on a shared server: {names:?}"
+    );
+    let cluster = one(&objects, "Cluster");
+    assert_eq!(cluster["spec"]["bootstrap"]["initdb"]["owner"], "app");
+    assert_eq!(
+        cluster["spec"]["bootstrap"]["initdb"]["secret"]["name"],
+        "nextcloud-database"
+    );
+    assert_eq!(
+        cluster["spec"]["imageName"],
+        "ghcr.io/cloudnative-pg/postgresql:17.6"
+    );
+    // Its operator reaches it; it reaches the API server.
+    let policy = json(
+        objects
+            .iter()
+            .find(|r| r.describe() == "NetworkPolicy comune-alvito/consorzio-database-nextcloud")
+            .unwrap(),
+    );
+    assert_eq!(
+        policy["spec"]["podSelector"]["matchLabels"]["cnpg.io/cluster"],
+        "nextcloud-db"
+    );
+    assert_eq!(
+        policy["spec"]["ingress"][0]["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+        "cnpg-system"
+    );
+    let settings = one(&objects, "ConfigMap");
+    assert_eq!(
+        settings["data"]["CONSORZIO_DB_HOST"],
+        "nextcloud-db-rw.comune-alvito.svc"
+    );
+    assert_eq!(settings["data"]["CONSORZIO_DB_USER"], "app");
+}
+
+#[test]
+fn on_a_shared_postgresql_server_each_role_logs_into_its_own_database_only() {
+    let s = nextcloud();
+    let m: Municipality = comune("alvito", "x");
+    let objects = render_dedicated_at(&s, &m, &Config::default(), Place::SharedServer).unwrap();
+    let role = one(&objects, "DatabaseRole");
+    let database = json(
+        objects
+            .iter()
+            .find(|r| r.resource.kind == "Database")
+            .unwrap(),
+    );
+    assert_eq!(role["spec"]["name"], sql_name("alvito"));
+    assert_eq!(role["spec"]["passwordSecret"]["name"], "alvito-database");
+    assert_eq!(database["spec"]["owner"], role["spec"]["name"]);
+    assert_eq!(database["spec"]["name"], role["spec"]["name"]);
+    assert_eq!(database["spec"]["databaseReclaimPolicy"], "retain");
+    let server = crate::render::service_namespace::render_database_namespace(
+        &s,
+        s.spec.database.as_ref().unwrap(),
+        &Config::default(),
+    )
+    .unwrap();
+    let cluster = one(&server, "Cluster");
+    // A role reaches the database of its own name (its database), and no other.
+    assert_eq!(
+        cluster["spec"]["postgresql"]["pg_hba"],
+        serde_json::json!([
+            "host sameuser all all scram-sha-256",
+            "host all all all reject"
+        ])
+    );
+    let admitted = json(
+        server
+            .iter()
+            .find(|r| r.describe() == "NetworkPolicy shared-nextcloud/consorzio-database-nextcloud")
+            .unwrap(),
+    );
+    assert_eq!(
+        admitted["spec"]["ingress"][1]["from"][0]["namespaceSelector"]["matchLabels"]["services.consorzio.io/nextcloud"],
+        "true"
+    );
+    assert_eq!(
+        admitted["spec"]["ingress"][1]["ports"],
+        serde_json::json!([{"port": 5432, "protocol": "TCP"}])
+    );
+}
