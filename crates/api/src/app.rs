@@ -43,8 +43,6 @@ pub const DATABASE_SECRET_KEYS: &[&str] = &["username", "password"];
     validation = Rule::new("self.replicas <= 1 || !has(self.volumes) || self.volumes.all(v, v.accessMode == 'ReadWriteMany')")
         .message("replicas greater than 1 need every volume ReadWriteMany: a ReadWriteOnce volume attaches to one node, so the other replicas could never start; set template.replicas to 1, or the volumes' accessMode to ReadWriteMany where the storage class offers it")
         .field_path(".replicas"),
-    validation = Rule::new("!has(self.volumes) || self.volumes.all(v, self.volumes.exists_one(w, w.name == v.name))")
-        .message("template.volumes: each volume needs a name of its own"),
     validation = Rule::new("!has(self.sidecars) || self.sidecars.all(c, self.sidecars.exists_one(d, d.name == c.name))")
         .message("template.sidecars: each sidecar needs a name of its own"),
 )]
@@ -92,7 +90,7 @@ pub struct AppTemplate {
     /// Persistent volumes, one claim each per instance (`<service>-<name>`). The application's
     /// user owns what it finds at the mount path.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 4))]
+    #[schemars(schema_with = "volumes_schema")]
     pub volumes: Vec<Volume>,
 
     /// Paths the application writes to but need not keep (e.g. /tmp, /run): an empty directory
@@ -126,6 +124,17 @@ pub struct AppTemplate {
 
 fn one() -> i32 {
     1
+}
+
+/// Volumes are a list-map by name, so that each is compared with its earlier self (a claim's
+/// access mode and class cannot change).
+fn volumes_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    crate::common::list_map::<Volume>(
+        generator,
+        "name",
+        "Persistent volumes, one claim each per instance (<service>-<name>). The application's user owns what it finds at the mount path.",
+        Some(4),
+    )
 }
 
 /// An environment variable of the application: a literal value, or a key of one of the
@@ -251,11 +260,13 @@ pub struct Volume {
     pub mount_path: String,
     /// ReadWriteOnce (the default): one node at a time, so the instance runs one replica and is
     /// replaced by stopping the old pod first. ReadWriteMany: any number of replicas, where the
-    /// storage class offers it (e.g. NFS or CephFS).
+    /// storage class offers it (e.g. NFS or CephFS). Cannot change: a claim's cannot.
     #[serde(default)]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("a volume's accessMode cannot change (its claims' cannot): add a volume with another name"))]
     pub access_mode: AccessMode,
-    /// The StorageClass; the cluster's default when unset.
+    /// The StorageClass; the cluster's default when unset. Cannot change.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("a volume's storageClassName cannot change (its claims' cannot): add a volume with another name"))]
     #[schemars(length(max = 253))]
     pub storage_class_name: Option<String>,
 }

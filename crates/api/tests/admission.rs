@@ -529,6 +529,16 @@ fn invalid_on_update() -> Vec<(&'static str, Value, Value, &'static str)> {
             "bfsNumber cannot be changed once set",
         ),
         (
+            "a volume's access mode changed",
+            service(),
+            set(
+                service(),
+                "/spec/template/volumes/0/accessMode",
+                json!("ReadWriteMany"),
+            ),
+            "a volume's accessMode cannot change (its claims' cannot)",
+        ),
+        (
             "tenancy changed",
             service(),
             unset(

@@ -339,6 +339,10 @@ async fn a_changed_value_is_applied_even_as_the_same_quantity_and_unrendered_obj
         a.spec.union = Some("1000".into());
         let (a_name, a_ns) = onboard(&env, &a).await?;
         let mut s = catalogue_service("sito-comunale", json!({"names": [a_name]}))?;
+        // Volumes several replicas can share (below, two replicas for a comune).
+        for v in &mut s.spec.template.volumes {
+            v.access_mode = consorzio_api::AccessMode::ReadWriteMany;
+        }
         let name = s.name_any();
         apply_service(&env, &s).await?;
         wait_status(&env, &name, "1 instance Ready", |st| {

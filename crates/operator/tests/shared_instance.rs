@@ -145,7 +145,7 @@ async fn shared_service_serves_its_subscribed_comuni_only() {
             "it holds the instance's data: no owner reference"
         );
         let d = env.api::<Deployment>(&shared_ns).get(&x).await?;
-        assert_eq!(d.status.and_then(|s| s.available_replicas), Some(2));
+        assert_eq!(d.status.and_then(|s| s.available_replicas), Some(1));
         for policy in ["consorzio-default-deny", "consorzio-allow-subscribers"] {
             env.api::<NetworkPolicy>(&shared_ns).get(policy).await?;
         }
