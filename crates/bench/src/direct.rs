@@ -244,17 +244,9 @@ impl Direct {
 /// annotation names it). `consorzio render` leaves it out, as its password is random; the direct
 /// client creates one like it, so that it writes the same objects as the operator.
 fn credentials(deployment: &DynamicObject) -> Option<DynamicObject> {
-    use consorzio::render::{
-        MANAGED_BY, MUNICIPALITY_LABEL,
-        service::{CREDENTIALS_ANNOTATION, SERVICE_LABEL},
-    };
+    use consorzio::render::service::CREDENTIALS_ANNOTATION;
     let name = deployment.annotations().get(CREDENTIALS_ANNOTATION)?;
-    let labels: serde_json::Map<String, Value> = deployment
-        .labels()
-        .iter()
-        .filter(|(k, _)| [MANAGED_BY.0, SERVICE_LABEL, MUNICIPALITY_LABEL].contains(&k.as_str()))
-        .map(|(k, v)| (k.clone(), v.as_str().into()))
-        .collect();
+    let labels = owner_labels(deployment);
     let secret = json!({
         "apiVersion": "v1",
         "kind": "Secret",
@@ -268,7 +260,6 @@ fn credentials(deployment: &DynamicObject) -> Option<DynamicObject> {
 /// one an instance's env reads (`<service>-database`), and the ones a database operator reads (a
 /// server's initdb owner, a PostgreSQL role, a MariaDB user), each once.
 fn database_secrets(object: &DynamicObject) -> Vec<DynamicObject> {
-    use consorzio::render::{MANAGED_BY, MUNICIPALITY_LABEL, service::SERVICE_LABEL};
     let spec = &object.data["spec"];
     let mut names: Vec<&str> = vec![];
     for var in spec["template"]["spec"]["containers"][0]["env"]
@@ -285,12 +276,7 @@ fn database_secrets(object: &DynamicObject) -> Vec<DynamicObject> {
     names.extend(spec["bootstrap"]["initdb"]["secret"]["name"].as_str());
     names.extend(spec["passwordSecret"]["name"].as_str());
     names.extend(spec["passwordSecretKeyRef"]["name"].as_str());
-    let labels: serde_json::Map<String, Value> = object
-        .labels()
-        .iter()
-        .filter(|(k, _)| [MANAGED_BY.0, SERVICE_LABEL, MUNICIPALITY_LABEL].contains(&k.as_str()))
-        .map(|(k, v)| (k.clone(), v.as_str().into()))
-        .collect();
+    let labels = owner_labels(object);
     names
         .into_iter()
         .filter_map(|name| {
@@ -303,6 +289,17 @@ fn database_secrets(object: &DynamicObject) -> Vec<DynamicObject> {
             }))
             .ok()
         })
+        .collect()
+}
+
+/// The labels that tie `object` to its owners, for the Secrets made beside it.
+fn owner_labels(object: &DynamicObject) -> serde_json::Map<String, Value> {
+    use consorzio::render::{MANAGED_BY, MUNICIPALITY_LABEL, service::SERVICE_LABEL};
+    object
+        .labels()
+        .iter()
+        .filter(|(k, _)| [MANAGED_BY.0, SERVICE_LABEL, MUNICIPALITY_LABEL].contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.as_str().into()))
         .collect()
 }
 

@@ -266,7 +266,11 @@ pub(crate) fn rollout_settings(service: &mut Value) {
     if let Some(spec) = service["spec"].as_object_mut() {
         spec.remove("overrides");
     }
-    for volume in service["spec"]["template"]["volumes"].as_array_mut().into_iter().flatten() {
+    for volume in service["spec"]["template"]["volumes"]
+        .as_array_mut()
+        .into_iter()
+        .flatten()
+    {
         volume["size"] = "10Gi".into();
     }
 }

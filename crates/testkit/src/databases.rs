@@ -102,7 +102,10 @@ async fn play_kind(client: Client, resource: ApiResource, held: Arc<Mutex<BTreeS
         .default_backoff()
         .applied_objects();
     let mut events = std::pin::pin!(events);
+    // A sweep that takes longer than its period is not followed by a burst of them: the watch's
+    // events (which also fill the store) go on between sweeps.
     let mut sweep = tokio::time::interval(Duration::from_secs(2));
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let objects: Vec<Arc<DynamicObject>> = tokio::select! {
             event = events.next() => match event {
@@ -114,13 +117,17 @@ async fn play_kind(client: Client, resource: ApiResource, held: Arc<Mutex<BTreeS
             // Again those not ready yet: what they wait for may have come.
             _ = sweep.tick() => store.state().into_iter().filter(|o| !settled(o)).collect(),
         };
-        for obj in objects {
+        let playing = objects.into_iter().filter(|obj| {
             let service = obj.labels().get(SERVICE_LABEL).cloned().unwrap_or_default();
-            if held.lock().expect("not poisoned").contains(&service) {
-                continue;
-            }
-            report(&client, &resource, &obj).await;
-        }
+            !held.lock().expect("not poisoned").contains(&service)
+        });
+        // As their operators would, many at once.
+        futures::stream::iter(playing)
+            .for_each_concurrent(16, |obj| {
+                let (client, resource) = (&client, &resource);
+                async move { report(client, resource, &obj).await }
+            })
+            .await;
     }
 }
 

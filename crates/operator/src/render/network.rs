@@ -212,7 +212,7 @@ pub fn render_network_policies(
 
 /// A database server's network, and a comune's way to its database on a shared server (see
 /// `database`).
-fn tcp(ports: &[i32]) -> Option<Vec<NetworkPolicyPort>> {
+pub(super) fn tcp(ports: &[i32]) -> Option<Vec<NetworkPolicyPort>> {
     Some(
         ports
             .iter()
@@ -301,12 +301,28 @@ pub fn render_client_policy(
     labels: &BTreeMap<String, String>,
     config: &Config,
 ) -> NetworkPolicy {
-    NetworkPolicy {
-        metadata: service::meta(
+    egress_to(
+        service::meta(
             database_policy_name(s),
             &namespace_name(m, config),
             labels.clone(),
         ),
+        &shared_namespace(s),
+        server_pods(db, &server_name(s)),
+        &[db.port()],
+    )
+}
+
+/// A policy (with `metadata`) that opens every pod of its namespace to the pods labelled `pods`
+/// in namespace `to`, on `ports` only.
+pub(super) fn egress_to(
+    metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    to: &str,
+    pods: BTreeMap<String, String>,
+    ports: &[i32],
+) -> NetworkPolicy {
+    NetworkPolicy {
+        metadata,
         spec: Some(NetworkPolicySpec {
             pod_selector: Some(LabelSelector::default()),
             policy_types: Some(vec!["Egress".into()]),
@@ -315,12 +331,12 @@ pub fn render_client_policy(
                 to: Some(vec![NetworkPolicyPeer {
                     namespace_selector: selector(BTreeMap::from([(
                         "kubernetes.io/metadata.name".into(),
-                        shared_namespace(s),
+                        to.to_string(),
                     )])),
-                    pod_selector: selector(server_pods(db, &server_name(s))),
+                    pod_selector: selector(pods),
                     ..Default::default()
                 }]),
-                ports: tcp(&[db.port()]),
+                ports: tcp(ports),
             }]),
         }),
     }

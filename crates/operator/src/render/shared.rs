@@ -8,11 +8,10 @@ use k8s_openapi::{
     api::{
         core::v1::{ConfigMap, Namespace, Service, ServicePort, ServiceSpec},
         networking::v1::{
-            NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPeer,
-            NetworkPolicyPort, NetworkPolicySpec,
+            NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicySpec,
         },
     },
-    apimachinery::pkg::{apis::meta::v1::LabelSelector, util::intstr::IntOrString},
+    apimachinery::pkg::apis::meta::v1::LabelSelector,
 };
 use kube::{ResourceExt, core::ObjectMeta};
 
@@ -22,7 +21,7 @@ use super::{
     instance::{Instance, public_url, render_instance},
     managed_meta,
     municipality::namespace_name,
-    network::render_server_policy,
+    network::{egress_to, render_server_policy, tcp},
     service::{SERVICE_LABEL, container_env, labels, meta, template_version},
     service_namespace::render_isolation,
 };
@@ -63,20 +62,9 @@ pub fn access_url(s: &SharedService, ns: &str) -> String {
     format!("http://{}.{ns}.svc:{}", s.name_any(), s.spec.template.port)
 }
 
-/// Selects the pods of a service's instance.
-fn instance_pods(s: &SharedService) -> LabelSelector {
-    LabelSelector {
-        match_labels: Some(BTreeMap::from([(SERVICE_LABEL.to_string(), s.name_any())])),
-        ..Default::default()
-    }
-}
-
-fn tcp(port: i32) -> Option<Vec<NetworkPolicyPort>> {
-    Some(vec![NetworkPolicyPort {
-        port: Some(IntOrString::Int(port)),
-        protocol: Some("TCP".into()),
-        ..Default::default()
-    }])
+/// The labels of a service's instance's pods.
+fn instance_labels(s: &SharedService) -> BTreeMap<String, String> {
+    BTreeMap::from([(SERVICE_LABEL.to_string(), s.name_any())])
 }
 
 /// The shared namespace with the isolation of a comune's (Pod Security `restricted`, a quota with
@@ -94,11 +82,14 @@ pub fn render_shared(
     out.push(Rendered::new(&NetworkPolicy {
         metadata: managed_meta(SUBSCRIBERS_POLICY, Some(&ns), owner),
         spec: Some(NetworkPolicySpec {
-            pod_selector: Some(instance_pods(s)),
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(instance_labels(s)),
+                ..Default::default()
+            }),
             policy_types: Some(vec!["Ingress".into()]),
             ingress: Some(vec![NetworkPolicyIngressRule {
                 from: Some(vec![subscribers(s)]),
-                ports: tcp(t.port),
+                ports: tcp(&[t.port]),
             }]),
             egress: None,
         }),
@@ -183,28 +174,12 @@ pub fn render_access_point(
         }),
         ..Default::default()
     };
-    let policy = NetworkPolicy {
-        metadata: meta(access_policy_name(s), &ns, labels.clone()),
-        spec: Some(NetworkPolicySpec {
-            pod_selector: Some(LabelSelector::default()),
-            policy_types: Some(vec!["Egress".into()]),
-            ingress: None,
-            egress: Some(vec![NetworkPolicyEgressRule {
-                to: Some(vec![NetworkPolicyPeer {
-                    namespace_selector: Some(LabelSelector {
-                        match_labels: Some(BTreeMap::from([(
-                            "kubernetes.io/metadata.name".into(),
-                            shared_namespace(s),
-                        )])),
-                        ..Default::default()
-                    }),
-                    pod_selector: Some(instance_pods(s)),
-                    ..Default::default()
-                }]),
-                ports: tcp(port),
-            }]),
-        }),
-    };
+    let policy = egress_to(
+        meta(access_policy_name(s), &ns, labels.clone()),
+        &shared_namespace(s),
+        instance_labels(s),
+        &[port],
+    );
     Ok(vec![
         Rendered::new(&ConfigMap {
             metadata: meta(connection_name(s), &ns, labels.clone()),
