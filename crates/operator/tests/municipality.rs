@@ -374,17 +374,34 @@ async fn resync_of_a_converged_comune_writes_nothing() {
         let name = m.name_any();
         apply(&env, &m).await?;
         wait_ready(&env, &name, "True").await?;
-        // Converged: status carries the quota controller's figures.
-        wait_for("quota usage in status", TIMEOUT, || async {
-            let m = Api::<consorzio_api::Municipality>::all(env.client())
-                .get(&name)
-                .await?;
-            ensure!(
-                m.status.is_some_and(|s| s.quota.contains_key("pods")),
-                "not yet"
-            );
-            Ok(())
-        })
+        // Converged: status carries the quota controller's figures as they are now (usage
+        // still changes for a moment after a namespace is made: its root CA ConfigMap, its
+        // default ServiceAccount; the operator writes a change of usage alone once it is still).
+        let quotas = env.api::<ResourceQuota>(&format!("comune-{name}"));
+        wait_for(
+            "the quota's usage in status",
+            Duration::from_secs(90),
+            || async {
+                let m = Api::<consorzio_api::Municipality>::all(env.client())
+                    .get(&name)
+                    .await?;
+                let used = quotas
+                    .get("consorzio-quota")
+                    .await?
+                    .status
+                    .and_then(|s| s.used);
+                let status = m.status.unwrap_or_default();
+                ensure!(status.quota.contains_key("pods"), "not yet");
+                for (resource, used) in used.unwrap_or_default() {
+                    let listed = status.quota.get(&resource).map(|q| &q.used);
+                    ensure!(
+                        listed == Some(&used),
+                        "{resource}: {listed:?} in status, {used:?} used"
+                    );
+                }
+                Ok(())
+            },
+        )
         .await?;
         tokio::time::sleep(Duration::from_secs(2)).await;
         let before = versions(&env, &name).await?;
