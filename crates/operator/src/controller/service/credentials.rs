@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use consorzio_api::SharedService;
+use consorzio_api::{CREDENTIALS_KEY, SharedService};
 use k8s_openapi::{ByteString, api::core::v1::Secret};
 use kube::{
     Api, ResourceExt,
@@ -36,42 +36,60 @@ pub async fn ensure_credentials(
         return Ok(());
     }
     let name = credentials_name(s);
-    let password: String = rand::rng()
-        .sample_iter(&Alphanumeric)
-        .take(32)
-        .map(char::from)
-        .collect();
-    let mut labels = BTreeMap::from([
-        (MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string()),
-        (SERVICE_LABEL.to_string(), s.name_any()),
-    ]);
-    if let Some(comune) = municipality {
-        labels.insert(MUNICIPALITY_LABEL.to_string(), comune.to_string());
-    }
     let secret = Secret {
         metadata: ObjectMeta {
-            name: Some(name.clone()),
+            name: Some(name),
             namespace: Some(ns.to_string()),
-            labels: Some(labels),
+            labels: Some(secret_labels(s, municipality)),
             ..Default::default()
         },
         data: Some(
             [(
-                "CONSORZIO_PASSWORD".to_string(),
-                ByteString(password.into_bytes()),
+                CREDENTIALS_KEY.to_string(),
+                ByteString(new_password().into_bytes()),
             )]
             .into(),
         ),
         ..Default::default()
     };
+    create_once(ctx, &secret).await.map(|_| ())
+}
+
+/// A new random password: 32 letters and digits.
+pub fn new_password() -> String {
+    rand::rng()
+        .sample_iter(&Alphanumeric)
+        .take(32)
+        .map(char::from)
+        .collect()
+}
+
+/// The labels of a Secret the operator makes for `s` (in `comune`'s namespace, if any).
+pub fn secret_labels(s: &SharedService, comune: Option<&str>) -> BTreeMap<String, String> {
+    let mut labels = BTreeMap::from([
+        (MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string()),
+        (SERVICE_LABEL.to_string(), s.name_any()),
+    ]);
+    if let Some(comune) = comune {
+        labels.insert(MUNICIPALITY_LABEL.to_string(), comune.to_string());
+    }
+    labels
+}
+
+/// Creates `secret`; says whether it is new (one that exists, perhaps created meanwhile while
+/// the cache lags, stays as it is).
+pub async fn create_once(ctx: &Context, secret: &Secret) -> Result<bool, Error> {
+    let ns = secret.namespace().unwrap_or_default();
     ctx.metrics.wrote("Secret");
-    match Api::<Secret>::namespaced(ctx.client.clone(), ns)
-        .create(&PostParams::default(), &secret)
+    match Api::<Secret>::namespaced(ctx.client.clone(), &ns)
+        .create(&PostParams::default(), secret)
         .await
     {
-        Ok(_) => Ok(()),
-        // Created meanwhile (the cache lags): the existing one stays.
-        Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
-        Err(e) => Err(e).during(Step::Create, describe("Secret", Some(ns), &name)),
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
+        Err(e) => Err(e).during(
+            Step::Create,
+            describe("Secret", Some(&ns), &secret.name_any()),
+        ),
     }
 }

@@ -7,23 +7,24 @@ use consorzio_api::{Database, Engine, Municipality, SharedService};
 use k8s_openapi::{ByteString, api::core::v1::Secret};
 use kube::{
     Api, ResourceExt,
-    api::{ObjectMeta, Patch, PatchParams, PostParams},
+    api::{ObjectMeta, Patch, PatchParams},
 };
-use rand::{Rng, distr::Alphanumeric};
 use serde::Deserialize;
 
-use super::super::{
-    Cached, Context, Error,
-    error::{During, Step, describe},
-    kinds::{self, Kind},
+use super::{
+    super::{
+        Cached, Context, Error,
+        error::{During, Step, describe},
+        kinds::{self, Kind},
+    },
+    credentials::{create_once, new_password, secret_labels},
 };
 use crate::render::{
-    MANAGED_BY, MUNICIPALITY_LABEL,
     database::{
         Place, Target, database_secret_name, place_for, render_database, server_name, target,
     },
     namespace_name,
-    service::{SERVICE_LABEL, labels},
+    service::labels,
     shared::shared_namespace,
 };
 
@@ -105,11 +106,7 @@ pub async fn ensure_database_secrets(
     if made.is_some() {
         return Ok(());
     }
-    let password: String = rand::rng()
-        .sample_iter(&Alphanumeric)
-        .take(32)
-        .map(char::from)
-        .collect();
+    let password = new_password();
     let mut secrets = vec![(ns.to_string(), database_secret_name(s))];
     if place == Place::SharedServer {
         secrets.push((target.namespace.clone(), target.secret.clone()));
@@ -117,7 +114,7 @@ pub async fn ensure_database_secrets(
     let mut all_new = true;
     for (secret_ns, name) in &secrets {
         let secret = database_secret(s, db, &target, secret_ns, name, comune, &password);
-        all_new &= create(ctx, &secret).await?;
+        all_new &= create_once(ctx, &secret).await?;
     }
     // A Secret of a server of its own is read only once the server exists: the first one stays.
     if all_new || place == Place::Own {
@@ -145,13 +142,7 @@ fn database_secret(
     comune: Option<&str>,
     password: &str,
 ) -> Secret {
-    let mut labels = BTreeMap::from([
-        (MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string()),
-        (SERVICE_LABEL.to_string(), s.name_any()),
-    ]);
-    if let Some(comune) = comune {
-        labels.insert(MUNICIPALITY_LABEL.to_string(), comune.to_string());
-    }
+    let mut labels = secret_labels(s, comune);
     labels.extend([match db.engine {
         Engine::PostgreSQL => ("cnpg.io/reload".to_string(), "true".to_string()),
         Engine::MariaDB => ("k8s.mariadb.com/watch".to_string(), String::new()),
@@ -175,21 +166,13 @@ fn database_secret(
     }
 }
 
-/// Creates `secret`; says whether it is new (an existing one stays as it is).
-async fn create(ctx: &Context, secret: &Secret) -> Result<bool, Error> {
-    let ns = secret.namespace().unwrap_or_default();
-    ctx.metrics.wrote("Secret");
-    match Api::<Secret>::namespaced(ctx.client.clone(), &ns)
-        .create(&PostParams::default(), secret)
-        .await
-    {
-        Ok(_) => Ok(true),
-        Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
-        Err(e) => Err(e).during(
-            Step::Create,
-            describe("Secret", Some(&ns), &secret.name_any()),
-        ),
-    }
+/// Whether `r` is what starts an instance's pods: held back while a new instance waits for its
+/// database (one that runs keeps running).
+pub fn starts_pods(r: &crate::render::Rendered) -> bool {
+    matches!(
+        r.resource.kind.as_str(),
+        "Deployment" | "PodDisruptionBudget"
+    )
 }
 
 /// What the instance in `ns` still waits for of its database, if anything: its server and each

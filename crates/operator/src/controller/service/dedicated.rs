@@ -19,7 +19,7 @@ use super::{
     },
     InstanceState,
     credentials::ensure_credentials,
-    database::{ensure_database_secrets, missing_operator, place_of, waiting_for},
+    database::{ensure_database_secrets, missing_operator, place_of, starts_pods, waiting_for},
     failures::{each, on, record},
     observe::{instance_state, serving},
     rollout::{Observed, plan},
@@ -149,12 +149,7 @@ pub async fn reconcile_dedicated(
                 .map_err(|_| Error::Malformed("an instance template that rendered before"))?;
             // A new instance starts once its database is ready; one that runs keeps running.
             if waits_ref[i].is_some() && states_ref[i] == InstanceState::Missing {
-                rendered.retain(|r| {
-                    !matches!(
-                        r.resource.kind.as_str(),
-                        "Deployment" | "PodDisruptionBudget"
-                    )
-                });
+                rendered.retain(|r| !starts_pods(r));
             }
             let applied = apply_all(ctx, &rendered).await?;
             let removed = remove_unrendered(s, ns, &rendered, ctx).await?;

@@ -27,7 +27,7 @@ use super::{
     },
     InstanceState,
     credentials::ensure_credentials,
-    database::{ensure_database_secrets, missing_operator, waiting_for},
+    database::{ensure_database_secrets, missing_operator, starts_pods, waiting_for},
     failures::{each, on, record},
     observe::instance_state,
     status::{Summary, entry, finish, summarize_shared, write_status},
@@ -77,14 +77,7 @@ pub async fn reconcile_shared(
     // A new instance starts once its database is ready; one that runs keeps running.
     let rest: Vec<Rendered> = rest
         .iter()
-        .filter(|r| {
-            waiting.is_none()
-                || state != InstanceState::Missing
-                || !matches!(
-                    r.resource.kind.as_str(),
-                    "Deployment" | "PodDisruptionBudget"
-                )
-        })
+        .filter(|r| waiting.is_none() || state != InstanceState::Missing || !starts_pods(r))
         .cloned()
         .collect();
     apply_all(ctx, &rest).await?;
