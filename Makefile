@@ -19,7 +19,7 @@ run: cluster-up
 	  kubectl apply --server-side -f crds/ && \
 	  kubectl wait --for=condition=Established crd/municipalities.consorzio.io crd/sharedservices.consorzio.io && \
 	  kubectl apply --server-side -f deploy/namespace.yaml -f deploy/rbac/ && \
-	  kubectl apply --server-side -f deploy/examples/ && \
+	  kubectl apply --server-side -f deploy/platform/ -f deploy/examples/ && \
 	  echo && \
 	  echo "The operator runs below. In another terminal:" && \
 	  echo "  source target/cluster/env" && \
@@ -28,12 +28,13 @@ run: cluster-up
 	  echo "  kubectl get clusters.postgresql.cnpg.io,mariadbs.k8s.mariadb.com -A   # their databases" && \
 	  echo "  kubectl get all,quota,netpol,rolebinding -n comune-lugano" && \
 	  echo "  curl -s http://$(METRICS_ADDR)/metrics | grep ^consorzio_" && \
-	  echo "(CloudNativePG and mariadb-operator cannot run here: target/debug/play-databases sets their" && \
+	  echo "  kubectl get certificates.cert-manager.io -A   # a certificate for every host" && \
+	  echo "(CloudNativePG, mariadb-operator and cert-manager cannot run here: target/debug/play-operators sets their" && \
 	  echo " objects' status as they would, as kwok plays the kubelet)" && \
 	  echo && \
-	  { target/debug/play-databases & player=$$!; trap 'kill $$player' EXIT; \
+	  { target/debug/play-operators & player=$$!; trap 'kill $$player' EXIT; \
 	    KUBECONFIG=target/cluster/operator-kubeconfig target/debug/consorzio run --metrics-addr $(METRICS_ADDR) --pod-toleration kwok.x-k8s.io/node:NoSchedule \
-	    --leader-election-namespace consorzio; }
+	    --cluster-issuer consorzio-demo --leader-election-namespace consorzio; }
 
 test: cluster-up
 	cargo test --workspace --all-targets --no-fail-fast -- --test-threads=$(TEST_THREADS)

@@ -374,4 +374,21 @@ pub struct ServiceInstanceStatus {
     /// When Failed: what went wrong, where and why (the operator retries with backoff).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// The certificate of its host, when cert-manager issues it, as cert-manager reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<CertificateState>,
+}
+
+/// A host's certificate, as cert-manager reports it on its `Certificate`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CertificateState {
+    /// Whether a valid certificate is in its Secret (cert-manager's Ready condition).
+    pub ready: bool,
+    /// When the certificate in its Secret expires (cert-manager renews it before).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_after: Option<String>,
+    /// When not ready: what cert-manager says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }

@@ -151,9 +151,15 @@ pub struct MunicipalitySelection {
     pub names: Vec<String>,
 }
 
-/// How comuni reach the application over HTTP(S).
+/// How comuni reach the application over HTTP(S). TLS comes from a certificate that
+/// cert-manager issues for each host (`clusterIssuer`, or the operator's `--cluster-issuer`), or
+/// from a Secret someone else provides (`tlsSecretName`); plain HTTP with neither.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("!has(self.clusterIssuer) || !has(self.tlsSecretName)")
+        .message("ingress: set clusterIssuer (cert-manager issues each host's certificate) or tlsSecretName (a Secret you provide in every instance's namespace), not both"),
+)]
 pub struct IngressTemplate {
     /// The host name; may use placeholders, e.g. "{{ municipality.name }}.sit.example.org".
     /// With Dedicated tenancy it must contain {{ municipality.name }}.
@@ -163,8 +169,20 @@ pub struct IngressTemplate {
     /// The IngressClass to use; the cluster's default when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub class_name: Option<String>,
-    /// The Secret holding the TLS certificate for the host; plain HTTP when unset.
+    /// The cert-manager ClusterIssuer that issues each host's certificate: the operator makes a
+    /// `Certificate` per instance, whose Secret `<service>-tls` the Ingress serves. The
+    /// operator's `--cluster-issuer` when unset. Only a ClusterIssuer: a namespaced Issuer would
+    /// be looked up in each comune's namespace, where the comune's admins could make their own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
+    pub cluster_issuer: Option<String>,
+    /// A Secret holding the host's TLS certificate, made by someone else in each instance's
+    /// namespace; the operator then requests no certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
     pub tls_secret_name: Option<String>,
 }
 

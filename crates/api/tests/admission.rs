@@ -319,6 +319,28 @@ fn invalid_on_create() -> Vec<Case> {
             "ingress.host must contain {{ municipality.name }} when tenancy is Dedicated",
         ),
         c(
+            "a certificate from cert-manager and a TLS Secret of its own",
+            set(
+                set(
+                    service(),
+                    "/spec/ingress/clusterIssuer",
+                    json!("letsencrypt"),
+                ),
+                "/spec/ingress/tlsSecretName",
+                json!("wildcard-tls"),
+            ),
+            "ingress: set clusterIssuer (cert-manager issues each host's certificate) or tlsSecretName",
+        ),
+        c(
+            "an issuer name that is not a Kubernetes name",
+            set(
+                service(),
+                "/spec/ingress/clusterIssuer",
+                json!("Let's Encrypt"),
+            ),
+            "spec.ingress.clusterIssuer in body should match",
+        ),
+        c(
             "shared host with a placeholder",
             set(
                 set(service(), "/spec/tenancy", json!("Shared")),

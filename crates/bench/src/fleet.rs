@@ -148,7 +148,7 @@ pub async fn run(
     check_capacity(client, largest).await?;
     // The database operators' part, for both paths: the operator starts an instance once its
     // database is ready, as they report it.
-    let _databases = consorzio_testkit::DatabasePlayer::start(client.clone());
+    let _databases = consorzio_testkit::OperatorPlayer::start(client.clone());
     let mut all = vec![];
     for &n in &options.sizes {
         let figures =

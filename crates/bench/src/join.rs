@@ -101,7 +101,7 @@ pub async fn run(
         bail!("--sizes must increase: {sizes:?}");
     }
     let api = Api::<Municipality>::all(client.clone());
-    let _databases = consorzio_testkit::DatabasePlayer::start(client.clone());
+    let _databases = consorzio_testkit::OperatorPlayer::start(client.clone());
     apply_services(&client).await?;
     let mut fleet = 0;
     let mut rows = vec![];

@@ -102,6 +102,11 @@ struct Settings {
         value_delimiter = ','
     )]
     api_server_cidrs: Vec<String>,
+    /// The cert-manager ClusterIssuer that issues a certificate for every host of a service
+    /// that names neither its own (`ingress.clusterIssuer`) nor a TLS Secret: without it, such
+    /// hosts are served over plain HTTP.
+    #[arg(long, env = "CONSORZIO_CLUSTER_ISSUER")]
+    cluster_issuer: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -198,6 +203,7 @@ impl Settings {
             cnpg_namespace: self.cnpg_namespace.clone(),
             mariadb_operator_namespace: self.mariadb_operator_namespace.clone(),
             api_server_cidrs: self.api_server_cidrs.clone(),
+            cluster_issuer: self.cluster_issuer.clone().filter(|i| !i.is_empty()),
             namespace_prefix: prefix.clone(),
             ingress_namespace_labels: labels,
             concurrency: self.concurrency,

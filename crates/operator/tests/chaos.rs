@@ -24,7 +24,7 @@ use consorzio::{
     },
 };
 use consorzio_api::{Municipality, SharedService};
-use consorzio_testkit::DatabasePlayer;
+use consorzio_testkit::OperatorPlayer;
 use consorzio_testkit::{Env, OperatorProcess, install_crds, install_platform, run, wait_for};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
@@ -140,7 +140,7 @@ async fn killed_at_random_the_operator_converges_exactly_and_keeps_credentials()
             format!("shared-{}", shared.name_any()),
         );
         let seen = watch_credentials(&env, &names);
-        let _databases = DatabasePlayer::start(env.client());
+        let _databases = OperatorPlayer::start(env.client());
         for m in &comuni[..5] {
             apply(&env, m).await?;
         }

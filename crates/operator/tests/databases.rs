@@ -2,7 +2,7 @@
 //! CloudNativePG and mariadb-operator (installed by tests/cluster): a Dedicated WordPress
 //! (MariaDB) and a Dedicated Nextcloud (PostgreSQL) in an `ordinary` comune (a database and
 //! user of its own on the service's server) and a `critical` one (a server of its own). The
-//! database operators' part is played by `DatabasePlayer`, as kwok plays the kubelet's.
+//! database operators' part is played by `OperatorPlayer`, as kwok plays the kubelet's.
 
 mod support;
 
@@ -123,7 +123,7 @@ async fn wordpress_and_nextcloud_get_their_databases_where_their_data_classifica
         let files: SharedService = catalogue_service("nextcloud", names)?;
         let (sito_name, files_name) = (sito.name_any(), files.name_any());
         // The database operators are slow today: the instances must wait for them.
-        op.databases.hold(&sito_name);
+        op.players.hold(&sito_name);
         apply_service(&env, &sito).await?;
         apply_service(&env, &files).await?;
 
@@ -282,7 +282,7 @@ async fn wordpress_and_nextcloud_get_their_databases_where_their_data_classifica
         );
 
         // Released: WordPress starts.
-        op.databases.release(&sito_name);
+        op.players.release(&sito_name);
         wait_status(&env, &sito_name, "both instances Ready", |st| {
             st.ready_instances == 2
         })

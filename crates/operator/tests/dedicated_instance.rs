@@ -113,7 +113,8 @@ async fn dedicated_service_runs_in_every_selected_comune_and_leaving_keeps_the_v
                     .context("no entry yet")?;
                 ensure!(entry.phase == "Ready", "phase {}", entry.phase);
                 ensure!(
-                    entry.url.as_deref() == Some(&format!("http://{a_name}.comuni.example.it")[..]),
+                    entry.url.as_deref()
+                        == Some(&format!("https://{a_name}.comuni.example.it")[..]),
                     "url {:?}",
                     entry.url
                 );

@@ -17,17 +17,17 @@
 
 mod cluster;
 mod crds;
-mod databases;
 mod manifests;
 pub mod netpol;
 mod operator;
+mod players;
 mod wait;
 
 pub use cluster::{Cluster, OPERATOR_GROUPS, OPERATOR_USER, kubectl};
 pub use crds::{install_crds, install_platform};
-pub use databases::DatabasePlayer;
 pub use manifests::{example_manifests, examples_dir, yaml_documents};
 pub use operator::OperatorProcess;
+pub use players::OperatorPlayer;
 pub use wait::{wait_for, wait_gone};
 
 use std::{

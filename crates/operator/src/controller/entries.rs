@@ -240,7 +240,7 @@ mod tests {
             phase: phase.into(),
             url: None,
             version: Some("1".into()),
-            message: None,
+            ..Default::default()
         }
     }
 

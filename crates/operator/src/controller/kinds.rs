@@ -16,7 +16,7 @@ use k8s_openapi::api::{
 };
 use kube::core::ApiResource;
 
-use crate::render::database::kinds::{self as db, Gvk};
+use crate::render::{Gvk, certificate, database::kinds as db};
 
 /// Who renders objects of a kind, and so whose changes they report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,8 +113,8 @@ impl Kind {
         }
     }
 
-    /// A kind of another operator's (no Rust types), rendered by a service, holding data: its
-    /// CRD may be missing.
+    /// A kind of another operator's (no Rust types), rendered by a service, holding data (unless
+    /// `pruned`): its CRD may be missing.
     const fn custom(gvk: Gvk, before_delete: Option<&'static str>) -> Kind {
         let (group, version, kind, plural) = gvk;
         Kind {
@@ -129,6 +129,14 @@ impl Kind {
             exact: &[],
             optional: true,
             before_delete,
+        }
+    }
+
+    /// The kind, deleted once no longer rendered: it holds no data.
+    const fn pruned(self) -> Kind {
+        Kind {
+            lifecycle: Lifecycle::Pruned,
+            ..self
         }
     }
 
@@ -256,6 +264,10 @@ pub const MARIADB_USER: Kind = Kind::custom(db::MARIADB_USER, MARIADB_CLEANUP);
 /// A MariaDB user's rights on its database.
 pub const MARIADB_GRANT: Kind = Kind::custom(db::MARIADB_GRANT, MARIADB_CLEANUP);
 
+/// A host's certificate (cert-manager). It holds no data: its Secret is cert-manager's, which
+/// keeps it when the Certificate goes, and would issue it again.
+pub const CERTIFICATE: Kind = Kind::custom(certificate::CERTIFICATE, None).pruned();
+
 /// Every kind, the namespace first (everything else lives in one).
 pub const KINDS: &[Kind] = &[
     NAMESPACE,
@@ -278,6 +290,7 @@ pub const KINDS: &[Kind] = &[
     MARIADB_DATABASE,
     MARIADB_USER,
     MARIADB_GRANT,
+    CERTIFICATE,
 ];
 
 /// The declared kind of an object of `resource`.
@@ -340,7 +353,11 @@ mod tests {
             comuni.len() > 10 && services.len() > 5,
             "the examples are there"
         );
-        let config = Config::default();
+        // With the platform's certificates, as a cluster with cert-manager runs it.
+        let config = Config {
+            cluster_issuer: Some("platform-ca".into()),
+            ..Config::default()
+        };
         let mut rendered: Vec<(Owner, Rendered)> = vec![];
         for m in &comuni {
             let objects = render_municipality(m, &config).expect("renders");

@@ -164,6 +164,9 @@ impl Context {
     /// Hands over the entry of `service` in comune `m`'s status (`None`: it no longer gets the
     /// service), and wakes the Municipality controller if that changes what the status says.
     fn report(&self, m: &Municipality, service: &str, entry: Option<ServiceInstanceStatus>) {
+        if entry.is_none() {
+            self.metrics.set_certificate(service, &m.name_any(), None);
+        }
         if self.entries.report(m, service, entry) {
             self.triggers.wake(&m.name_any());
         }

@@ -11,8 +11,10 @@ use prometheus_client::{
     registry::Registry,
 };
 
+mod certificates;
 mod comuni;
 
+use certificates::Certificates;
 use comuni::Comuni;
 pub use comuni::QUOTA_RESOURCES;
 
@@ -79,6 +81,7 @@ pub struct Metrics {
     durations: Family<ControllerLabels, Histogram>,
     errors: Family<ErrorLabels, Counter>,
     comuni: Arc<Comuni>,
+    certificates: Arc<Certificates>,
     writes: Family<KindLabels, Counter>,
     service_instances: Family<ServiceStateLabels, Gauge>,
     rollout_progress: Family<ServiceLabels, Gauge<f64, AtomicU64>>,
@@ -104,6 +107,8 @@ impl Default for Metrics {
         }
         let comuni = Arc::new(Comuni::default());
         registry.register_collector(Box::new(comuni.clone()));
+        let certificates = Arc::new(Certificates::default());
+        registry.register_collector(Box::new(certificates.clone()));
         let writes = Family::<KindLabels, Counter>::default();
         let service_instances = Family::<ServiceStateLabels, Gauge>::default();
         let rollout_progress = Family::<ServiceLabels, Gauge<f64, AtomicU64>>::default();
@@ -155,6 +160,7 @@ impl Default for Metrics {
             durations,
             errors,
             comuni,
+            certificates,
             writes,
             service_instances,
             rollout_progress,
@@ -274,6 +280,9 @@ impl Metrics {
         self.rollout_halted.remove(&ServiceLabels {
             service: service.into(),
         });
+        if let Ok(mut certificates) = self.certificates.0.lock() {
+            certificates.retain(|(s, _), _| s.as_ref() != service);
+        }
     }
 
     /// Records whether `service`'s pass failed on `municipality`, and why (an error reason).
@@ -286,6 +295,19 @@ impl Metrics {
                 c.failing.remove(service);
             }
         });
+    }
+
+    /// Records when the certificate of `municipality`'s host for `service` expires (Unix
+    /// seconds), or that it has none.
+    pub fn set_certificate(&self, service: &str, municipality: &str, not_after: Option<i64>) {
+        let Ok(mut certificates) = self.certificates.0.lock() else {
+            return;
+        };
+        let key = (service.into(), municipality.into());
+        match not_after {
+            Some(t) => certificates.insert(key, t),
+            None => certificates.remove(&key),
+        };
     }
 
     /// Records a comune's quota of one of `QUOTA_RESOURCES`: its hard limit and what is used.
@@ -322,6 +344,9 @@ impl Metrics {
     pub fn forget_municipality(&self, municipality: &str) {
         if let Ok(mut comuni) = self.comuni.0.lock() {
             comuni.remove(municipality);
+        }
+        if let Ok(mut certificates) = self.certificates.0.lock() {
+            certificates.retain(|(_, m), _| m.as_ref() != municipality);
         }
     }
 

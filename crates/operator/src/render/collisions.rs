@@ -65,7 +65,12 @@ spec:
 /// Every object rendered into the comune's namespace and each shared namespace, for services
 /// with these names and tenancies, by (kind, namespace, name): more than one is a collision.
 fn rendered(services: &[(&str, &str)]) -> BTreeMap<String, usize> {
-    let config = Config::default();
+    // Hosts with certificates: a `Certificate` per instance, its Secret `<service>-tls` (made
+    // by cert-manager, not rendered: no other Secret name ends in `-tls`).
+    let config = Config {
+        cluster_issuer: Some("platform-ca".into()),
+        ..Config::default()
+    };
     let mut m = comune("cuorgne", "canavese-digitale");
     m.spec.access = serde_yaml::from_str(
         "{admins: [{kind: Group, name: cuorgne-admins}], viewers: [{kind: Group, name: cuorgne-viewers}]}",

@@ -13,10 +13,7 @@
 use std::collections::BTreeMap;
 
 use consorzio_api::{DataClassification, Database, Engine, Municipality, SharedService};
-use kube::{
-    ResourceExt,
-    api::{ApiResource, DynamicObject},
-};
+use kube::ResourceExt;
 use serde_json::{Value, json};
 
 use super::{Rendered, shared::shared_namespace};
@@ -132,8 +129,7 @@ pub fn connection(s: &SharedService, db: &Database, target: &Target) -> Connecti
 
 /// The group, version, kind and plural of each database operator kind the operator writes.
 pub mod kinds {
-    /// (group, version, kind, plural)
-    pub type Gvk = (&'static str, &'static str, &'static str, &'static str);
+    pub use crate::render::Gvk;
     /// CloudNativePG's PostgreSQL server.
     pub const CNPG_CLUSTER: Gvk = ("postgresql.cnpg.io", "v1", "Cluster", "clusters");
     /// A CloudNativePG database.
@@ -148,31 +144,6 @@ pub mod kinds {
     pub const MARIADB_USER: Gvk = ("k8s.mariadb.com", "v1alpha1", "User", "users");
     /// A mariadb-operator grant.
     pub const MARIADB_GRANT: Gvk = ("k8s.mariadb.com", "v1alpha1", "Grant", "grants");
-}
-
-/// A rendered object of a database operator's kind.
-fn custom(
-    gvk: kinds::Gvk,
-    name: &str,
-    ns: &str,
-    labels: &BTreeMap<String, String>,
-    spec: Value,
-) -> Result<Rendered, serde_json::Error> {
-    let (group, version, kind, plural) = gvk;
-    let resource = ApiResource {
-        group: group.into(),
-        version: version.into(),
-        api_version: format!("{group}/{version}"),
-        kind: kind.into(),
-        plural: plural.into(),
-    };
-    let object: DynamicObject = serde_json::from_value(json!({
-        "apiVersion": resource.api_version,
-        "kind": kind,
-        "metadata": {"name": name, "namespace": ns, "labels": labels},
-        "spec": spec,
-    }))?;
-    Ok(Rendered { resource, object })
 }
 
 /// The labels of a server's pods, as its operator sets them.
@@ -222,7 +193,7 @@ pub fn render_server(
                     "host all all all reject",
                 ]});
             }
-            custom(kinds::CNPG_CLUSTER, &name, ns, labels, spec)
+            Rendered::custom(kinds::CNPG_CLUSTER, &name, ns, labels, spec)
         }
         Engine::MariaDB => {
             let mut spec = json!({
@@ -243,7 +214,7 @@ pub fn render_server(
             if let Some(resources) = resources {
                 spec["resources"] = resources;
             }
-            custom(kinds::MARIADB, &name, ns, labels, spec)
+            Rendered::custom(kinds::MARIADB, &name, ns, labels, spec)
         }
     }
 }
@@ -264,7 +235,7 @@ pub fn render_database(
             let mut out = vec![];
             // A server of its own makes its database and owner when it starts.
             if !own {
-                out.push(custom(
+                out.push(Rendered::custom(
                     kinds::CNPG_ROLE,
                     name,
                     ns,
@@ -284,7 +255,7 @@ pub fn render_database(
                     .iter()
                     .map(|e| json!({"name": e, "ensure": "present"}))
                     .collect();
-                out.push(custom(
+                out.push(Rendered::custom(
                     kinds::CNPG_DATABASE,
                     name,
                     ns,
@@ -303,7 +274,7 @@ pub fn render_database(
         Engine::MariaDB => {
             let server = json!({"name": server_name(s), "waitForIt": true});
             Ok(vec![
-                custom(
+                Rendered::custom(
                     kinds::MARIADB_DATABASE,
                     name,
                     ns,
@@ -318,7 +289,7 @@ pub fn render_database(
                         "cleanupPolicy": "Skip",
                     }),
                 )?,
-                custom(
+                Rendered::custom(
                     kinds::MARIADB_USER,
                     name,
                     ns,
@@ -331,7 +302,7 @@ pub fn render_database(
                         "cleanupPolicy": "Skip",
                     }),
                 )?,
-                custom(
+                Rendered::custom(
                     kinds::MARIADB_GRANT,
                     name,
                     ns,

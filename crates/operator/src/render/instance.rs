@@ -1,6 +1,7 @@
 //! An application instance: its settings ConfigMap, Deployment (and PodDisruptionBudget when it
-//! runs several replicas), Service, Ingress and volume claims (its pod: `pod`), as a Dedicated service renders one
-//! in each comune's namespace and a Shared service once in its own.
+//! runs several replicas), Service, Ingress (and its host's Certificate: `certificate`) and
+//! volume claims (its pod: `pod`), as a Dedicated service renders one in each comune's namespace
+//! and a Shared service once in its own.
 
 use std::collections::BTreeMap;
 
@@ -25,6 +26,7 @@ use kube::{ResourceExt, core::ObjectMeta};
 
 use super::{
     Config, MUNICIPALITY_LABEL, Rendered,
+    certificate::{Tls, render_certificate, tls, tls_secret_name},
     database::Connection,
     pod::pod_template,
     service::{
@@ -47,14 +49,13 @@ pub(crate) struct Instance {
     pub database: Option<Connection>,
 }
 
-/// The URL of a service behind its ingress host.
-pub(crate) fn public_url(s: &SharedService, host: &str) -> String {
-    let tls = s
-        .spec
-        .ingress
-        .as_ref()
-        .is_some_and(|i| i.tls_secret_name.is_some());
-    format!("{}://{host}", if tls { "https" } else { "http" })
+/// The URL of a service behind its ingress host: https when the host has a certificate.
+pub(crate) fn public_url(s: &SharedService, config: &Config, host: &str) -> String {
+    let scheme = match tls(s, config) {
+        Tls::Plain => "http",
+        _ => "https",
+    };
+    format!("{scheme}://{host}")
 }
 
 /// The settings ConfigMap, Deployment, Service, Ingress and volume claims of an instance.
@@ -74,7 +75,7 @@ pub(crate) fn render_instance(
         settings.insert("CONSORZIO_MUNICIPALITY".into(), comune.clone());
     }
     if let Some(host) = &i.host {
-        settings.insert("CONSORZIO_URL".into(), public_url(s, host));
+        settings.insert("CONSORZIO_URL".into(), public_url(s, config, host));
     }
     if let Some(db) = &i.database {
         settings.extend(db.settings());
@@ -151,8 +152,12 @@ pub(crate) fn render_instance(
         ..Default::default()
     })?);
     if let (Some(ingress), Some(host)) = (&s.spec.ingress, i.host) {
+        if let Tls::Issuer(issuer) = tls(s, config) {
+            out.push(render_certificate(s, ns, &labels, &host, issuer)?);
+        }
+        let secret = tls_secret_name(s, config);
         out.push(Rendered::new(&render_ingress(
-            &name, ns, &labels, ingress, host, t.port,
+            &name, ns, &labels, ingress, secret, host, t.port,
         ))?);
     }
     for v in &t.volumes {
@@ -178,6 +183,7 @@ fn render_ingress(
     ns: &str,
     labels: &BTreeMap<String, String>,
     ingress: &consorzio_api::IngressTemplate,
+    tls_secret: Option<String>,
     host: String,
     port: i32,
 ) -> Ingress {
@@ -185,10 +191,10 @@ fn render_ingress(
         metadata: meta(name.to_string(), ns, labels.clone()),
         spec: Some(IngressSpec {
             ingress_class_name: ingress.class_name.clone(),
-            tls: ingress.tls_secret_name.as_ref().map(|secret| {
+            tls: tls_secret.map(|secret| {
                 vec![IngressTLS {
                     hosts: Some(vec![host.clone()]),
-                    secret_name: Some(secret.clone()),
+                    secret_name: Some(secret),
                 }]
             }),
             rules: Some(vec![IngressRule {

@@ -3,6 +3,7 @@
 
 #[cfg(test)]
 mod apps;
+pub mod certificate;
 #[cfg(test)]
 mod collisions;
 pub mod database;
@@ -64,6 +65,9 @@ pub struct Config {
     /// The API server's addresses, which database servers reach (CloudNativePG's instance
     /// manager stops a primary that cannot): when empty, any address on ports 443 and 6443.
     pub api_server_cidrs: Vec<String>,
+    /// The cert-manager ClusterIssuer of every host whose service names neither its own nor a
+    /// TLS Secret: none, plain HTTP.
+    pub cluster_issuer: Option<String>,
 }
 
 impl Default for Config {
@@ -80,6 +84,7 @@ impl Default for Config {
             cnpg_namespace: "cnpg-system".into(),
             mariadb_operator_namespace: "mariadb-operator".into(),
             api_server_cidrs: vec![],
+            cluster_issuer: None,
         }
     }
 }
@@ -95,6 +100,9 @@ pub fn is_cidr(text: &str) -> bool {
         _ => false,
     }
 }
+
+/// A kind of another operator's (no Rust types): (group, version, kind, plural).
+pub type Gvk = (&'static str, &'static str, &'static str, &'static str);
 
 /// One object to apply, with the API it belongs to.
 #[derive(Clone, Debug)]
@@ -119,6 +127,32 @@ impl Rendered {
             resource,
             object: serde_json::from_value(value)?,
         })
+    }
+
+    /// An object of another operator's kind (no Rust types): its name, namespace, labels and
+    /// spec.
+    pub fn custom(
+        gvk: Gvk,
+        name: &str,
+        ns: &str,
+        labels: &BTreeMap<String, String>,
+        spec: serde_json::Value,
+    ) -> Result<Rendered, serde_json::Error> {
+        let (group, version, kind, plural) = gvk;
+        let resource = ApiResource {
+            group: group.into(),
+            version: version.into(),
+            api_version: format!("{group}/{version}"),
+            kind: kind.into(),
+            plural: plural.into(),
+        };
+        let object: DynamicObject = serde_json::from_value(serde_json::json!({
+            "apiVersion": resource.api_version,
+            "kind": kind,
+            "metadata": {"name": name, "namespace": ns, "labels": labels},
+            "spec": spec,
+        }))?;
+        Ok(Rendered { resource, object })
     }
 
     /// `Kind namespace/name`, for messages.

@@ -238,7 +238,7 @@ pub fn render_dedicated_at(
 /// ingress and its host renders for the comune.
 pub fn instance_url(s: &SharedService, m: &Municipality, config: &Config) -> Option<String> {
     let host = fill(&s.spec.ingress.as_ref()?.host, m, config).ok()?;
-    Some(public_url(s, &host))
+    Some(public_url(s, config, &host))
 }
 
 /// How many of `total` comuni may be updating at once (a rollout's wave).

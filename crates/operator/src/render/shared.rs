@@ -158,7 +158,10 @@ pub fn render_access_point(
         ("CONSORZIO_URL".to_string(), access_url(s, &ns)),
     ]);
     if let Some(ingress) = &s.spec.ingress {
-        settings.insert("CONSORZIO_PUBLIC_URL".into(), public_url(s, &ingress.host));
+        settings.insert(
+            "CONSORZIO_PUBLIC_URL".into(),
+            public_url(s, config, &ingress.host),
+        );
     }
     let access_service = Service {
         metadata: meta(name.clone(), &ns, labels.clone()),

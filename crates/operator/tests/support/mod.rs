@@ -14,7 +14,7 @@ use consorzio::{
 };
 use consorzio_api::{Municipality, SharedService, SharedServiceStatus};
 use consorzio_testkit::{
-    DatabasePlayer, Env, TIMEOUT, example_manifests, install_crds, install_platform, unique_name,
+    Env, OperatorPlayer, TIMEOUT, example_manifests, install_crds, install_platform, unique_name,
     wait_for, wait_gone,
 };
 use k8s_openapi::api::core::v1::Namespace;
@@ -27,21 +27,27 @@ use kube::{
 use tokio::{sync::oneshot, task::JoinHandle};
 
 /// Tests in one binary share the cluster's Municipalities: only one operator may run at a time.
+/// The operator's `--cluster-issuer` in tests: every host without a TLS Secret of its own gets a
+/// certificate.
+pub const TEST_CLUSTER_ISSUER: &str = "consorzio-test-ca";
+
 static ONE_OPERATOR: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// An operator running in this test, and the database operators' part played.
+/// An operator running in this test, and the part of the operators it emits resources for
+/// (database operators, cert-manager) played.
 pub struct Operator {
     /// Its metrics.
     pub metrics: Arc<Metrics>,
-    /// Sets the status of the database operators' objects, as they would.
-    pub databases: DatabasePlayer,
+    /// Sets the status of the database operators' and cert-manager's objects, as they would.
+    pub players: OperatorPlayer,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
 }
 
 impl Operator {
-    /// Starts an operator with the default settings (plus a toleration of the fake nodes), with
-    /// the identity of the chart's ServiceAccount: under its RBAC and admission policies.
+    /// Starts an operator with the default settings (plus a toleration of the fake nodes, and
+    /// `TEST_CLUSTER_ISSUER` for certificates), with the identity of the chart's
+    /// ServiceAccount: under its RBAC and admission policies.
     pub async fn start(env: &Env) -> anyhow::Result<Operator> {
         Operator::start_with(env, env.cluster().operator_client().await?).await
     }
@@ -67,6 +73,7 @@ impl Operator {
                 effect: Some("NoSchedule".into()),
                 ..Default::default()
             }],
+            cluster_issuer: Some(TEST_CLUSTER_ISSUER.into()),
             ..Config::default()
         };
         let (ctx, streams) = Context::start(client, config, metrics.clone()).await?;
@@ -92,7 +99,7 @@ impl Operator {
         });
         Ok(Operator {
             metrics,
-            databases: DatabasePlayer::start(env.client()),
+            players: OperatorPlayer::start(env.client()),
             stop: Some(stop),
             task,
         })

@@ -45,20 +45,28 @@ fn user_kind(db: &Database) -> &'static Kind {
 }
 
 /// What to install when the cluster does not serve `db`'s engine, if it does not.
-pub fn missing_operator(db: &Database, ctx: &Context) -> Option<String> {
-    let kind = server_kind(db);
-    if ctx.caches.serves(kind) {
-        return None;
-    }
+pub fn missing_database_operator(db: &Database, ctx: &Context) -> Option<String> {
     let operator = match db.engine {
         Engine::PostgreSQL => "CloudNativePG (1.30 or later)",
         Engine::MariaDB => "mariadb-operator (0.38 or later)",
     };
-    Some(format!(
-        "spec.database asks for {:?}, which this cluster does not serve: it has no {}/{} {}. \
-         Install {operator}, its CRDs and its controller; the operator picks them up by itself",
-        db.engine, kind.group, kind.version, kind.kind
-    ))
+    not_served(
+        server_kind(db),
+        &format!("spec.database asks for {:?}", db.engine),
+        operator,
+        ctx,
+    )
+}
+
+/// Unless the cluster serves `kind`: that `what` needs it, and to install `operator`.
+pub fn not_served(kind: &Kind, what: &str, operator: &str, ctx: &Context) -> Option<String> {
+    (!ctx.caches.serves(kind)).then(|| {
+        format!(
+            "{what}, which this cluster does not serve: it has no {}/{} {}. Install {operator}, \
+             its CRDs and its controller; the operator picks them up by itself",
+            kind.group, kind.version, kind.kind
+        )
+    })
 }
 
 /// Where comune `m`'s database for `s` is: where it was made (a server in its namespace, or its

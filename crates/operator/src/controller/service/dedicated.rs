@@ -19,14 +19,15 @@ use super::{
     },
     InstanceState,
     credentials::ensure_credentials,
-    database::{ensure_database_secrets, missing_operator, place_of, starts_pods, waiting_for},
+    database::{ensure_database_secrets, place_of, starts_pods, waiting_for},
     failures::{each, on, record},
+    missing_operator,
     observe::{instance_state, serving},
     rollout::{Observed, plan},
     shared::{claim_namespace, subscribe},
     status::{Summary, entry, finish, summarize, write_status},
     teardown::{prune, remove_unrendered, remove_unrendered_of_service},
-    went,
+    went, with_certificate,
 };
 use crate::render::{
     database::Place,
@@ -74,8 +75,8 @@ pub async fn reconcile_dedicated(
         .collect();
 
     let db = s.spec.database.as_ref();
-    if let Some(why) = db.and_then(|db| missing_operator(db, ctx)) {
-        write_status(s, ctx, Summary::failed("DatabaseOperatorMissing", why)).await?;
+    if let Some((reason, why)) = missing_operator(s, ctx) {
+        write_status(s, ctx, Summary::failed(reason, why)).await?;
         return Ok((Action::requeue(Duration::from_secs(10)), Went::Partly));
     }
     // Where each comune's database is, and the service's server for those on it.
@@ -124,7 +125,8 @@ pub async fn reconcile_dedicated(
         let m = comuni[i];
         let url = instance_url(s, m, &ctx.config);
         let version = versions.of(Some(&m.name_any()));
-        let mut entry = entry(s, states[i], url, version, waits[i].clone());
+        let entry = entry(s, states[i], url, version, waits[i].clone());
+        let mut entry = with_certificate(entry, s, m, &namespaces[i], ctx);
         if m.spec.suspended {
             entry.phase = "Suspended".into();
         }

@@ -4,6 +4,7 @@
 //! selected comune's namespace. Either way, what comuni that leave had goes, their data kept
 //! (`teardown`).
 
+mod certificate;
 mod credentials;
 mod database;
 mod dedicated;
@@ -174,6 +175,38 @@ async fn reconcile_service(
     } else {
         shared::reconcile_shared(s, &comuni, scope, ctx).await
     }
+}
+
+/// Which operator the cluster lacks for what `s` asks, if any: the reason and what to install.
+fn missing_operator(s: &SharedService, ctx: &Context) -> Option<(&'static str, String)> {
+    let db = s.spec.database.as_ref();
+    db.and_then(|db| database::missing_database_operator(db, ctx))
+        .map(|why| ("DatabaseOperatorMissing", why))
+        .or_else(|| {
+            certificate::missing_cert_manager(s, ctx).map(|why| ("CertManagerMissing", why))
+        })
+}
+
+/// A comune's entry (`ns` its instance's or access point's namespace, `instance_ns` where the
+/// instance is) with its host's certificate, whose expiry goes to the metrics.
+fn with_certificate(
+    mut entry: consorzio_api::ServiceInstanceStatus,
+    s: &SharedService,
+    m: &Municipality,
+    instance_ns: &str,
+    ctx: &Context,
+) -> consorzio_api::ServiceInstanceStatus {
+    entry.certificate = certificate::certificate_state(s, instance_ns, ctx);
+    let not_after = entry
+        .certificate
+        .as_ref()
+        .and_then(|c| c.not_after.as_deref());
+    ctx.metrics.set_certificate(
+        &s.name_any(),
+        &m.name_any(),
+        not_after.and_then(certificate::unix_seconds),
+    );
+    entry
 }
 
 /// Whether a cache has listed its objects once. Checked, not awaited: a store's readiness wakes

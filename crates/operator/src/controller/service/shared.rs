@@ -27,12 +27,13 @@ use super::{
     },
     InstanceState,
     credentials::ensure_credentials,
-    database::{ensure_database_secrets, missing_operator, starts_pods, waiting_for},
+    database::{ensure_database_secrets, starts_pods, waiting_for},
     failures::{each, on, record},
+    missing_operator,
     observe::instance_state,
     status::{Summary, entry, finish, summarize_shared, write_status},
     teardown::{prune, remove_unrendered},
-    went,
+    went, with_certificate,
 };
 use crate::render::{
     Rendered,
@@ -53,8 +54,8 @@ pub async fn reconcile_shared(
     let name = s.name_any();
     let ns = shared_namespace(s);
     let db = s.spec.database.as_ref();
-    if let Some(why) = db.and_then(|db| missing_operator(db, ctx)) {
-        write_status(s, ctx, Summary::failed("DatabaseOperatorMissing", why)).await?;
+    if let Some((reason, why)) = missing_operator(s, ctx) {
+        write_status(s, ctx, Summary::failed(reason, why)).await?;
         return Ok((Action::requeue(Duration::from_secs(10)), Went::Partly));
     }
     let instance =
@@ -84,13 +85,18 @@ pub async fn reconcile_shared(
     remove_unrendered(s, &ns, &instance, ctx).await?;
 
     // Each comune's entry is reported once its access point is applied, the others' at the end.
-    let url = s.spec.ingress.as_ref().map(|i| public_url(s, &i.host));
+    let url = s
+        .spec
+        .ingress
+        .as_ref()
+        .map(|i| public_url(s, &ctx.config, &i.host));
     let report = |i: usize| {
         let m = comuni[i];
         let url = url
             .clone()
             .or_else(|| Some(access_url(s, &namespace_name(m, &ctx.config))));
         let entry = entry(s, state, url, version.clone(), waiting.clone());
+        let entry = with_certificate(entry, s, m, &ns, ctx);
         ctx.report(m, &name, Some(entry));
     };
     let wrote = AtomicBool::new(false);

@@ -215,6 +215,7 @@ pub fn entry(
         url,
         version: Some(version),
         message: waiting.map(|what| format!("waiting for its database: {what}")),
+        certificate: None,
     }
 }
 
@@ -268,7 +269,7 @@ fn stalled(summary: &Summary, halt_message: &str) -> Option<(&'static str, Strin
     let reason = summary.ready_condition.reason;
     if matches!(
         reason,
-        "InvalidTemplate" | "NamespaceConflict" | "DatabaseOperatorMissing"
+        "InvalidTemplate" | "NamespaceConflict" | "DatabaseOperatorMissing" | "CertManagerMissing"
     ) {
         return Some((reason, summary.ready_condition.message.clone()));
     }
