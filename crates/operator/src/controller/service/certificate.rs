@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 use super::{
     super::{Cached, Context, kinds},
-    database::not_served,
+    database::{ReportedCondition, not_served},
 };
 use crate::render::certificate::{Tls, tls};
 
@@ -53,16 +53,6 @@ struct Reported {
 struct ReportedStatus {
     conditions: Vec<ReportedCondition>,
     not_after: Option<String>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(default, rename_all = "camelCase")]
-struct ReportedCondition {
-    #[serde(rename = "type")]
-    type_: String,
-    status: String,
-    message: Option<String>,
-    observed_generation: Option<i64>,
 }
 
 /// A Certificate's state: Ready as cert-manager reports it for the certificate's current spec.

@@ -235,13 +235,15 @@ struct ReportedStatus {
     phase: Option<String>,
 }
 
+/// A condition in another operator's status.
 #[derive(Deserialize, Default)]
-#[serde(default)]
-struct ReportedCondition {
+#[serde(default, rename_all = "camelCase")]
+pub struct ReportedCondition {
     #[serde(rename = "type")]
-    type_: String,
-    status: String,
-    message: Option<String>,
+    pub type_: String,
+    pub status: String,
+    pub message: Option<String>,
+    pub observed_generation: Option<i64>,
 }
 
 /// Whether an object is ready as its operator reports it; if not, what it says.
