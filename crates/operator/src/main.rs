@@ -2,7 +2,6 @@
 //! (`render`).
 
 use std::{
-    collections::BTreeMap,
     io::Write,
     net::SocketAddr,
     path::PathBuf,
@@ -15,16 +14,17 @@ use clap::{Args, Parser, Subcommand};
 use consorzio::{
     controller::{self, Context},
     metrics::Metrics,
-    render::Config,
     server::{self, Health},
     telemetry::{self, LogFormat},
 };
 use consorzio_api::Municipality;
 use futures::FutureExt;
-use k8s_openapi::api::core::v1::Toleration;
 use kube::{Api, Client, api::ListParams};
 
 mod render_files;
+mod settings;
+
+use settings::Settings;
 
 /// jemalloc: with glibc's malloc, allocation and freeing took about a quarter of the operator's
 /// CPU time in a fleet's cold start (docs/benchmarks.md). Its memory use is about the same.
@@ -51,62 +51,6 @@ enum Command {
     /// Prints, as YAML, every object the operator would create for the given manifests, without
     /// touching a cluster.
     Render(RenderArgs),
-}
-
-#[derive(Args, Debug)]
-struct Settings {
-    /// Prefix of each comune's namespace.
-    #[arg(long, env = "CONSORZIO_NAMESPACE_PREFIX", default_value = "comune-")]
-    namespace_prefix: String,
-    /// Labels (k=v,k2=v2) of the ingress controller's namespace, whose pods may reach every comune.
-    #[arg(
-        long,
-        env = "CONSORZIO_INGRESS_NAMESPACE_SELECTOR",
-        default_value = "kubernetes.io/metadata.name=ingress-nginx"
-    )]
-    ingress_namespace_selector: String,
-    /// How many objects each controller reconciles at once.
-    #[arg(long, env = "CONSORZIO_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
-    concurrency: u16,
-    /// Toleration for every application pod, as key[=value]:Effect (repeatable), e.g.
-    /// kwok.x-k8s.io/node:NoSchedule.
-    #[arg(
-        long = "pod-toleration",
-        env = "CONSORZIO_POD_TOLERATIONS",
-        value_delimiter = ','
-    )]
-    pod_tolerations: Vec<String>,
-    /// Address ranges (CIDR, repeatable) that a comune's internet egress never reaches, besides
-    /// the private and special-purpose ones always excluded: e.g. the nodes' public addresses.
-    #[arg(
-        long = "internet-egress-except",
-        env = "CONSORZIO_INTERNET_EGRESS_EXCEPT",
-        value_delimiter = ','
-    )]
-    internet_egress_except: Vec<String>,
-    /// Namespace of CloudNativePG's operator, admitted to the PostgreSQL servers it runs.
-    #[arg(long, env = "CONSORZIO_CNPG_NAMESPACE", default_value = "cnpg-system")]
-    cnpg_namespace: String,
-    /// Namespace of mariadb-operator, admitted to the MariaDB servers it runs.
-    #[arg(
-        long,
-        env = "CONSORZIO_MARIADB_OPERATOR_NAMESPACE",
-        default_value = "mariadb-operator"
-    )]
-    mariadb_operator_namespace: String,
-    /// The API server's address ranges (CIDR, repeatable), which database servers reach:
-    /// without any, they may reach ports 443 and 6443 of any address.
-    #[arg(
-        long = "api-server-cidr",
-        env = "CONSORZIO_API_SERVER_CIDRS",
-        value_delimiter = ','
-    )]
-    api_server_cidrs: Vec<String>,
-    /// The cert-manager ClusterIssuer that issues a certificate for every host of a service
-    /// that names neither its own (`ingress.clusterIssuer`) nor a TLS Secret: without it, such
-    /// hosts are served over plain HTTP.
-    #[arg(long, env = "CONSORZIO_CLUSTER_ISSUER")]
-    cluster_issuer: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -150,95 +94,6 @@ struct RenderArgs {
     /// Manifest files of Municipalities and SharedServices (`-` reads standard input).
     #[arg(short = 'f', long = "filename", required = true)]
     files: Vec<PathBuf>,
-}
-
-impl Settings {
-    fn config(&self) -> anyhow::Result<Config> {
-        let prefix = &self.namespace_prefix;
-        let valid = !prefix.is_empty()
-            && prefix.len() <= 8
-            && prefix
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-            && !prefix.starts_with('-');
-        if !valid {
-            bail!(
-                "--namespace-prefix {prefix:?} is not usable: it must be 1 to 8 lowercase letters, \
-                 digits or '-', not starting with '-' (comune names may be 55 characters long)"
-            );
-        }
-        let shared = consorzio::render::shared::SHARED_NAMESPACE_PREFIX;
-        if prefix.starts_with(shared) || shared.starts_with(prefix.as_str()) {
-            bail!(
-                "--namespace-prefix {prefix:?} overlaps {shared:?}, the prefix of Shared services'                  namespaces: a comune's namespace could be a service's"
-            );
-        }
-        let mut labels = BTreeMap::new();
-        for pair in self
-            .ingress_namespace_selector
-            .split(',')
-            .filter(|p| !p.trim().is_empty())
-        {
-            let Some((key, value)) = pair.split_once('=') else {
-                bail!("--ingress-namespace-selector: {pair:?} is not key=value");
-            };
-            labels.insert(key.trim().to_string(), value.trim().to_string());
-        }
-        if labels.is_empty() {
-            bail!("--ingress-namespace-selector needs at least one key=value label");
-        }
-        let flags = [
-            ("--internet-egress-except", &self.internet_egress_except),
-            ("--api-server-cidr", &self.api_server_cidrs),
-        ];
-        for (flag, cidrs) in flags {
-            if let Some(cidr) = cidrs.iter().find(|c| !consorzio::render::is_cidr(c)) {
-                bail!(
-                    "{flag} {cidr:?} is not an address range, e.g. 203.0.113.0/24 or 2001:db8::/32"
-                );
-            }
-        }
-        Ok(Config {
-            internet_egress_except: self.internet_egress_except.clone(),
-            cnpg_namespace: self.cnpg_namespace.clone(),
-            mariadb_operator_namespace: self.mariadb_operator_namespace.clone(),
-            api_server_cidrs: self.api_server_cidrs.clone(),
-            cluster_issuer: self.cluster_issuer.clone().filter(|i| !i.is_empty()),
-            namespace_prefix: prefix.clone(),
-            ingress_namespace_labels: labels,
-            concurrency: self.concurrency,
-            pod_tolerations: self
-                .pod_tolerations
-                .iter()
-                .map(|t| toleration(t))
-                .collect::<anyhow::Result<_>>()?,
-        })
-    }
-}
-
-/// Reads `key[=value]:Effect`.
-fn toleration(text: &str) -> anyhow::Result<Toleration> {
-    let Some((key_value, effect)) = text.rsplit_once(':') else {
-        bail!(
-            "--pod-toleration {text:?}: expected key[=value]:Effect, e.g. dedicated=apps:NoSchedule"
-        );
-    };
-    if !["NoSchedule", "PreferNoSchedule", "NoExecute"].contains(&effect) {
-        bail!(
-            "--pod-toleration {text:?}: effect must be NoSchedule, PreferNoSchedule or NoExecute"
-        );
-    }
-    let (key, value) = match key_value.split_once('=') {
-        Some((k, v)) => (k, Some(v.to_string())),
-        None => (key_value, None),
-    };
-    Ok(Toleration {
-        key: Some(key.to_string()),
-        operator: Some(if value.is_some() { "Equal" } else { "Exists" }.into()),
-        value,
-        effect: Some(effect.to_string()),
-        toleration_seconds: None,
-    })
 }
 
 fn main() -> anyhow::Result<()> {
