@@ -245,7 +245,8 @@ install_operator_crds() {
 
 install_platform() {
   local repo="$here/../.."
-  "$kubectl" apply --server-side --force-conflicts -f "$repo/deploy/namespace.yaml" \
+  "$kubectl" apply --server-side --force-conflicts -f "$here/platform.yaml" \
+    -f "$repo/deploy/namespace.yaml" \
     -f "$repo/deploy/rbac/operator.yaml" -f "$repo/deploy/rbac/tenant-roles.yaml" >/dev/null ||
     echo "warning: deploy/rbac could not be applied (see above); run make manifests" >&2
   install_operator_crds

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::{api::resource::Quantity, apis::meta::v1::Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -33,6 +33,8 @@ const NON_NEGATIVE_QUANTITY_MESSAGE: &str =
     printcolumn(name = "Union", type_ = "string", json_path = ".spec.union"),
     printcolumn(name = "Namespace", type_ = "string", json_path = ".status.namespace"),
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Backed Up", type_ = "string", json_path = ".status.conditions[?(@.type==\"BackedUp\")].status"),
+    printcolumn(name = "Last Backup", type_ = "date", json_path = ".status.backup.lastSuccessfulTime"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = Rule::new("size(self.metadata.name) <= 55 && self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')")
         .message("metadata.name must be a DNS label of at most 55 characters (lowercase letters, digits and '-', starting and ending with a letter or digit): the comune's namespace is comune-<name>")
@@ -128,6 +130,12 @@ pub struct MunicipalitySpec {
     /// classifies public data: ordinary, critical or strategic.
     #[serde(default)]
     pub data_classification: DataClassification,
+
+    /// How the comune's namespace is backed up (Velero); by default as its dataClassification
+    /// says: ordinary daily, kept 30 days; critical every 6 hours, kept 90 days; strategic
+    /// hourly, kept 365 days.
+    #[serde(default)]
+    pub backup: BackupPolicy,
 
     /// What happens to the namespace and its data when this Municipality is deleted:
     /// Retain (default) keeps them; Delete removes them.
@@ -303,6 +311,25 @@ pub enum DataClassification {
     Strategic,
 }
 
+/// When a comune's data is backed up and how long each backup is kept. Unset fields follow its
+/// dataClassification.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupPolicy {
+    /// When backups are taken: a cron expression of five fields, in UTC, e.g. "30 2 * * *"
+    /// (daily at 02:30). By default a time of its own (comuni do not all start at once): daily
+    /// between 01:00 and 04:59 (ordinary), every 6 hours (critical), hourly (strategic).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^([*]|([0-5]?[0-9])(-([0-5]?[0-9]))?)(/[1-9][0-9]*)?(,([*]|([0-5]?[0-9])(-([0-5]?[0-9]))?)(/[1-9][0-9]*)?)* ([*]|([01]?[0-9]|2[0-3])(-([01]?[0-9]|2[0-3]))?)(/[1-9][0-9]*)?(,([*]|([01]?[0-9]|2[0-3])(-([01]?[0-9]|2[0-3]))?)(/[1-9][0-9]*)?)* ([*]|(0?[1-9]|[12][0-9]|3[01])(-(0?[1-9]|[12][0-9]|3[01]))?)(/[1-9][0-9]*)?(,([*]|(0?[1-9]|[12][0-9]|3[01])(-(0?[1-9]|[12][0-9]|3[01]))?)(/[1-9][0-9]*)?)* ([*]|(0?[1-9]|1[0-2])(-(0?[1-9]|1[0-2]))?)(/[1-9][0-9]*)?(,([*]|(0?[1-9]|1[0-2])(-(0?[1-9]|1[0-2]))?)(/[1-9][0-9]*)?)* ([*]|[0-7](-[0-7])?)(/[1-9][0-9]*)?(,([*]|[0-7](-[0-7])?)(/[1-9][0-9]*)?)*$')").message("backup.schedule must be a cron expression of five fields (minute 0-59, hour 0-23, day of month 1-31, month 1-12, day of week 0-7), each '*', a number or a range, with an optional /step, or a list of them, e.g. \"30 2 * * *\" or \"0 */6 * * 1-5\""))]
+    #[schemars(length(max = 200))]
+    pub schedule: Option<String>,
+    /// How many days each backup is kept: by default 30 (ordinary), 90 (critical) or 365
+    /// (strategic).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 3650))]
+    pub retention_days: Option<i32>,
+}
+
 /// What happens to a comune's namespace when its Municipality is deleted.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
 pub enum DeletionPolicy {
@@ -338,6 +365,28 @@ pub struct MunicipalityStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "services_schema")]
     pub services: Vec<ServiceInstanceStatus>,
+    /// Its backups, as Velero records them (when the platform has Velero).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<BackupState>,
+}
+
+/// A comune's backups: the policy in effect and the newest backup Velero completed.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupState {
+    /// When backups are taken (cron, UTC), as set or by its data classification.
+    pub schedule: String,
+    /// How many days each backup is kept.
+    pub retention_days: i32,
+    /// How old its newest successful backup may be: the longest interval between two runs of
+    /// the schedule, and an hour for a run to finish (e.g. "25h0m"). Older: `BackedUp=False`.
+    pub max_age: String,
+    /// The newest backup that Velero completed without errors (its Backup's name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_successful: Option<String>,
+    /// When that backup completed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_successful_time: Option<Time>,
 }
 
 fn services_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {

@@ -500,6 +500,26 @@ fn invalid_on_create() -> Vec<Case> {
             "metadata.name may not end in -db or contain -db-",
         ),
         c(
+            "backup at minute 61",
+            set(swiss(), "/spec/backup", json!({"schedule": "61 2 * * *"})),
+            "backup.schedule must be a cron expression of five fields",
+        ),
+        c(
+            "backup every 0 hours",
+            set(swiss(), "/spec/backup", json!({"schedule": "0 */0 * * *"})),
+            "backup.schedule must be a cron expression of five fields",
+        ),
+        c(
+            "backup schedule of four fields",
+            set(swiss(), "/spec/backup", json!({"schedule": "0 2 * *"})),
+            "backup.schedule must be a cron expression of five fields",
+        ),
+        c(
+            "backups kept no day",
+            set(swiss(), "/spec/backup", json!({"retentionDays": 0})),
+            "spec.backup.retentionDays in body should be greater than or equal to 1",
+        ),
+        c(
             "probe path without a slash",
             set(service(), "/spec/template/probes/path", json!("healthz")),
             "spec.template.probes.path in body should match '^/'",
@@ -706,6 +726,18 @@ async fn minimal_municipality_gets_the_documented_defaults() {
         assert_eq!(spec["dataClassification"], "ordinary");
         assert_eq!(spec["deletionPolicy"], "Retain");
         assert_eq!(spec["suspended"], false);
+        // Cron schedules of every kind admission lets through.
+        for schedule in [
+            "30 2 * * *",
+            "0 */6 * * 1-5",
+            "5,35 8-18/2 1,15 1-12 0",
+            "*/15 * * * 7",
+        ] {
+            let manifest = set(swiss(), "/spec/backup", json!({"schedule": schedule}));
+            if let Err(status) = create(&env, &manifest, &unique_name("cron")).await? {
+                bail!("{schedule}: refused: {}", status.message);
+            }
+        }
         Ok(())
     })
     .await;

@@ -5,6 +5,7 @@ pub mod controller;
 pub mod metrics;
 pub mod quantity;
 pub mod render;
+pub mod restore;
 pub mod server;
 pub mod telemetry;
 

@@ -1,5 +1,5 @@
-//! `consorzio`: the operator (`run`), its CRDs (`crds`), and a dry run of what it would create
-//! (`render`).
+//! `consorzio`: the operator (`run`), its CRDs (`crds`), a dry run of what it would create
+//! (`render`), and a comune's namespace back from a backup (`restore`).
 
 use std::{
     io::Write,
@@ -51,6 +51,31 @@ enum Command {
     /// Prints, as YAML, every object the operator would create for the given manifests, without
     /// touching a cluster.
     Render(RenderArgs),
+    /// Restores a comune's namespace from one of its backups (a Velero Restore, made with your
+    /// credentials): into its own namespace only if that is gone or with --overwrite, else
+    /// --into a new namespace beside it.
+    Restore(RestoreArgs),
+}
+
+#[derive(Args, Debug)]
+struct RestoreArgs {
+    /// The comune (its Municipality's name; it may have been deleted).
+    comune: String,
+    /// The backup to restore (status.backup.lastSuccessful names the newest); else the newest.
+    #[arg(long, conflicts_with = "at")]
+    backup: Option<String>,
+    /// The newest backup completed at or before this time (RFC 3339, e.g.
+    /// 2026-11-30T02:00:00Z).
+    #[arg(long)]
+    at: Option<k8s_openapi::jiff::Timestamp>,
+    /// A new namespace to restore into, beside the comune's (outside the operator's namespaces).
+    #[arg(long)]
+    into: Option<String>,
+    /// Restore over the comune's live namespace: its objects return to the backup's state.
+    #[arg(long, conflicts_with = "into")]
+    overwrite: bool,
+    #[command(flatten)]
+    settings: Settings,
 }
 
 #[derive(Args, Debug)]
@@ -105,6 +130,25 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Render(args) => render_files::render_files(&args.files, &args.settings.config()?),
+        Command::Restore(args) => {
+            let config = args.settings.config()?;
+            let request = consorzio::restore::Request {
+                comune: args.comune,
+                backup: args.backup,
+                at: args.at,
+                into: args.into,
+                overwrite: args.overwrite,
+            };
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(async {
+                    let client = Client::try_default().await?;
+                    let said = consorzio::restore::restore(&client, &config, &request).await?;
+                    println!("{said}");
+                    anyhow::Ok(())
+                })
+        }
         Command::Run(args) => {
             telemetry::init(args.log_format);
             // jemalloc gives freed pages back to the system from a background thread, idle or

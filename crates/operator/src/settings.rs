@@ -62,6 +62,10 @@ pub struct Settings {
     /// hosts are served over plain HTTP.
     #[arg(long, env = "CONSORZIO_CLUSTER_ISSUER")]
     cluster_issuer: Option<String>,
+    /// Velero's namespace, where the operator makes each comune's backup Schedule (and only
+    /// there may it write them); empty: no backups.
+    #[arg(long, env = "CONSORZIO_VELERO_NAMESPACE", default_value = "velero")]
+    velero_namespace: String,
 }
 
 impl Settings {
@@ -116,6 +120,7 @@ impl Settings {
             mariadb_operator_namespace: self.mariadb_operator_namespace.clone(),
             api_server_cidrs: self.api_server_cidrs.clone(),
             cluster_issuer: self.cluster_issuer.clone().filter(|i| !i.is_empty()),
+            velero_namespace: Some(self.velero_namespace.clone()).filter(|n| !n.is_empty()),
             namespace_prefix: prefix.clone(),
             ingress_namespace_labels: labels,
             concurrency: self.concurrency,

@@ -145,16 +145,8 @@ fn operator_role_has_no_wildcards_and_binds_only_tenant_roles() -> anyhow::Resul
     Ok(())
 }
 
-/// The kinds the operator manages are declared once (`controller::kinds`); its ClusterRole
-/// grants each exactly the verbs the declaration says it needs, and beyond them only its own
-/// resources, Events and binding the tenant roles.
-#[test]
-fn operator_role_grants_exactly_what_the_declared_kinds_need() -> anyhow::Result<()> {
-    let docs = template("consorzio", "consorzio", &[])?;
-    let role = docs
-        .iter()
-        .find(|d| d["kind"] == "ClusterRole" && d["metadata"]["name"] == "consorzio-operator")
-        .context("the operator's ClusterRole")?;
+/// What a role's rules grant, by (group, resource).
+fn grants(role: &Value) -> anyhow::Result<BTreeMap<(String, String), BTreeSet<String>>> {
     let mut granted: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
     for rule in role["rules"].as_array().context("rules")? {
         let list = |field: &str| strings(&rule[field]);
@@ -167,9 +159,38 @@ fn operator_role_grants_exactly_what_the_declared_kinds_need() -> anyhow::Result
             }
         }
     }
+    Ok(granted)
+}
+
+/// The kinds the operator manages are declared once (`controller::kinds`); its ClusterRole
+/// grants each exactly the verbs the declaration says it needs (those of Velero's namespace, its
+/// Role there), and beyond them only its own resources, Events and binding the tenant roles.
+#[test]
+fn operator_role_grants_exactly_what_the_declared_kinds_need() -> anyhow::Result<()> {
+    let docs = template("consorzio", "consorzio", &[])?;
+    let role = docs
+        .iter()
+        .find(|d| d["kind"] == "ClusterRole" && d["metadata"]["name"] == "consorzio-operator")
+        .context("the operator's ClusterRole")?;
+    let backups = docs
+        .iter()
+        .find(|d| d["kind"] == "Role" && d["metadata"]["name"] == "consorzio-backups")
+        .context("the operator's Role in Velero's namespace")?;
+    ensure!(backups["metadata"]["namespace"] == "velero", "{backups}");
+    let mut granted = grants(role)?;
+    let mut in_velero = grants(backups)?;
     for kind in consorzio::controller::kinds::KINDS {
         let key = (kind.group.to_string(), kind.plural.to_string());
-        let verbs = granted.remove(&key).unwrap_or_default();
+        let verbs = if kind.in_velero_namespace {
+            ensure!(
+                !granted.contains_key(&key),
+                "{}: granted cluster-wide",
+                kind.kind
+            );
+            in_velero.remove(&key).unwrap_or_default()
+        } else {
+            granted.remove(&key).unwrap_or_default()
+        };
         let wanted: BTreeSet<String> = kind.verbs().into_iter().map(str::to_string).collect();
         ensure!(
             verbs == wanted,
@@ -195,6 +216,44 @@ fn operator_role_grants_exactly_what_the_declared_kinds_need() -> anyhow::Result
         ],
         "granted beyond the declared kinds"
     );
+    // Beyond its Schedules, it reads the Backups they make (each comune's newest in its status).
+    let read = BTreeSet::from(["list".to_string(), "watch".to_string()]);
+    let backups_read = BTreeMap::from([(("velero.io".to_string(), "backups".to_string()), read)]);
+    ensure!(
+        in_velero == backups_read,
+        "granted in Velero's namespace: {in_velero:?}"
+    );
+    Ok(())
+}
+
+/// `consorzio restore` runs with its user's credentials: the chart's Role for them, in Velero's
+/// namespace, reads Backups and makes Restores, nothing else, and the chart binds it to no one
+/// (least of all the operator, which never restores).
+#[test]
+fn the_restore_role_reads_backups_and_makes_restores_only() -> anyhow::Result<()> {
+    let docs = template("consorzio", "consorzio", &[])?;
+    let role = docs
+        .iter()
+        .find(|d| d["kind"] == "Role" && d["metadata"]["name"] == "consorzio-restore")
+        .context("the restore Role")?;
+    ensure!(role["metadata"]["namespace"] == "velero", "{role}");
+    let verbs = |list: &[&str]| list.iter().map(|v| v.to_string()).collect::<BTreeSet<_>>();
+    let expected = BTreeMap::from([
+        (
+            ("velero.io".into(), "backups".into()),
+            verbs(&["get", "list"]),
+        ),
+        (
+            ("velero.io".into(), "restores".into()),
+            verbs(&["get", "list", "create"]),
+        ),
+    ]);
+    ensure!(grants(role)? == expected, "{role}");
+    let bound = docs.iter().any(|d| {
+        d["kind"].as_str().is_some_and(|k| k.ends_with("Binding"))
+            && d["roleRef"]["name"] == "consorzio-restore"
+    });
+    ensure!(!bound, "the chart binds the restore Role");
     Ok(())
 }
 

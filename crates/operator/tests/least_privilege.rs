@@ -187,6 +187,45 @@ async fn the_operator_runs_on_the_charts_rbac_and_can_do_nothing_more() {
                 &format!("deleting Secret {ns}/{name}"),
             )?;
         }
+        // In Velero's namespace: no Schedule that backs up another namespace than one comune's,
+        // or runs hooks (commands inside the comune's pods); no Restore at all.
+        let velero = |kind: &str, plural: &str| ApiResource::from_gvk_with_plural(
+            &kube::core::GroupVersionKind::gvk("velero.io", "v1", kind), plural);
+        let schedules = Api::<DynamicObject>::namespaced_with(client.clone(), "velero", &velero("Schedule", "schedules"));
+        let hook = json!({"resources": [{"name": "x", "pre": [{"exec": {"command": ["/bin/sh", "-c", "id"]}}]}]});
+        for (what, namespaces, hooks) in [
+            ("kube-system", json!(["kube-system"]), None),
+            ("a comune's and kube-system", json!([tenant_ns, "kube-system"]), None),
+            ("a comune's, with a hook", json!([tenant_ns]), Some(hook)),
+        ] {
+            let mut template = json!({"includedNamespaces": namespaces});
+            if let Some(hooks) = hooks {
+                template["hooks"] = hooks;
+            }
+            let schedule: DynamicObject = serde_json::from_value(json!({
+                "apiVersion": "velero.io/v1", "kind": "Schedule",
+                "metadata": {"name": unique_name("probe"), "namespace": "velero",
+                             "labels": {"app.kubernetes.io/managed-by": "consorzio"}},
+                "spec": {"schedule": "0 1 * * *", "template": template},
+            }))?;
+            let message = denied(
+                schedules.create(&PostParams::default(), &schedule).await.map(|_| ()),
+                &format!("a Schedule of {what}"),
+            )?;
+            ensure!(message.contains("backs up one comune's namespace"), "{message}");
+        }
+        let restore: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "velero.io/v1", "kind": "Restore",
+            "metadata": {"name": unique_name("probe"), "namespace": "velero"},
+            "spec": {"backupName": "anything"},
+        }))?;
+        denied(
+            Api::<DynamicObject>::namespaced_with(client.clone(), "velero", &velero("Restore", "restores"))
+                .create(&PostParams::default(), &restore)
+                .await
+                .map(|_| ()),
+            "a Restore",
+        )?;
         op.stop().await;
         Ok(())
     })

@@ -18,8 +18,15 @@ fn admission_policies_cover_every_kind_the_operator_writes() -> anyhow::Result<(
         .iter()
         .find(|d| d["kind"] == "ClusterRole" && d["metadata"]["name"] == "consorzio-operator")
         .context("the operator's ClusterRole")?;
+    // And the Role in Velero's namespace (backup Schedules).
+    let backups = docs
+        .iter()
+        .find(|d| d["kind"] == "Role" && d["metadata"]["name"] == "consorzio-backups")
+        .context("the operator's Role in Velero's namespace")?;
+    let rules = role["rules"].as_array().context("rules")?;
+    let more = backups["rules"].as_array().context("rules")?;
     let mut written = BTreeSet::new();
-    for rule in role["rules"].as_array().context("rules")? {
+    for rule in rules.iter().chain(more) {
         let writes = strings(&rule["verbs"])
             .iter()
             .any(|v| ["create", "update", "patch", "delete"].contains(&v.as_str()));

@@ -48,6 +48,7 @@ pub async fn install_platform(cluster: &crate::Cluster) -> anyhow::Result<()> {
     DONE.get_or_try_init(|| async {
         let deploy = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy");
         let files = [
+            "../tests/cluster/platform.yaml",
             "namespace.yaml",
             "rbac/operator.yaml",
             "rbac/tenant-roles.yaml",

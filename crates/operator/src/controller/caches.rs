@@ -142,9 +142,16 @@ impl Caches {
         municipalities: Store<DeserializeGuard<Municipality>>,
         shared_services: Store<DeserializeGuard<SharedService>>,
         namespace_prefix: &str,
+        velero_namespace: Option<&str>,
     ) -> Result<Caches, reflector::store::WriterDropped> {
         let mut by_kind = HashMap::new();
         for kind in KINDS {
+            let home = match (kind.in_velero_namespace, velero_namespace) {
+                (false, _) => None,
+                (true, Some(velero)) => Some(velero),
+                // No Velero: nothing of it is made, nor watched.
+                (true, None) => continue,
+            };
             let route: Route = match kind.cache {
                 Cache::Unread => continue,
                 Cache::Named(_) => Box::new(by_namespace(triggers, namespace_prefix)),
@@ -155,11 +162,14 @@ impl Caches {
             };
             by_kind.insert(
                 (kind.group, kind.kind),
-                watch(client, kind, namespace_prefix, route),
+                watch(client, kind, namespace_prefix, home, route),
             );
         }
         for kind in KINDS.iter().filter(|k| k.cache != Cache::Unread) {
-            let ready = by_kind[&(kind.group, kind.kind)].store.wait_until_ready();
+            let Some(cache) = by_kind.get(&(kind.group, kind.kind)) else {
+                continue;
+            };
+            let ready = cache.store.wait_until_ready();
             if !kind.optional {
                 ready.await?;
             } else if tokio::time::timeout(OPTIONAL_LIST, ready).await.is_err() {
@@ -235,7 +245,13 @@ fn list_config() -> watcher::Config {
 
 /// Starts the cache of `kind` (what is in managed namespaces); `changed` hears of each change
 /// once the cache has it.
-fn watch(client: &Client, kind: &Kind, prefix: &str, changed: Route) -> KindCache {
+fn watch(
+    client: &Client,
+    kind: &Kind,
+    prefix: &str,
+    home: Option<&str>,
+    changed: Route,
+) -> KindCache {
     let config = match kind.cache {
         Cache::Named(name) => list_config().fields(&format!("metadata.name={name}")),
         _ => list_config().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1)),
@@ -243,13 +259,19 @@ fn watch(client: &Client, kind: &Kind, prefix: &str, changed: Route) -> KindCach
     let (store, writer) = reflector::store();
     let index = Arc::new(Index::default());
     let dictionary = cached::Dictionary::default();
-    let api = Api::<DynamicObject>::all_with(client.clone(), &kind.resource());
+    // A kind of Velero's namespace is watched there only (the operator may read it nowhere
+    // else); the others everywhere, keeping what is in the namespaces the operator manages.
+    let api = match home {
+        Some(ns) => Api::<DynamicObject>::namespaced_with(client.clone(), ns, &kind.resource()),
+        None => Api::<DynamicObject>::all_with(client.clone(), &kind.resource()),
+    };
     let events = {
         let index = index.clone();
         let prefix = prefix.to_string();
+        let anywhere = home.is_some();
         let managed = move |event: &Event<DynamicObject>| match event {
             Event::Apply(obj) | Event::InitApply(obj) | Event::Delete(obj) => {
-                in_managed_namespace(obj, &prefix)
+                anywhere || in_managed_namespace(obj, &prefix)
             }
             Event::Init | Event::InitDone => true,
         };

@@ -16,7 +16,7 @@ use k8s_openapi::api::{
 };
 use kube::core::ApiResource;
 
-use crate::render::{Gvk, certificate, database::kinds as db};
+use crate::render::{Gvk, backup, certificate, database::kinds as db};
 
 /// Who renders objects of a kind, and so whose changes they report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,6 +90,9 @@ pub struct Kind {
     /// a database operator to drop the data too (objects are rendered to keep it, so that no
     /// deletion by anyone else drops it).
     pub before_delete: Option<&'static str>,
+    /// Whether its objects live in Velero's namespace (`--velero-namespace`) rather than in the
+    /// namespaces the operator manages: watched there only, and granted there only, by a Role.
+    pub in_velero_namespace: bool,
 }
 
 impl Kind {
@@ -110,6 +113,7 @@ impl Kind {
             exact: &[],
             optional: false,
             before_delete: None,
+            in_velero_namespace: false,
         }
     }
 
@@ -129,6 +133,7 @@ impl Kind {
             exact: &[],
             optional: true,
             before_delete,
+            in_velero_namespace: false,
         }
     }
 
@@ -136,6 +141,15 @@ impl Kind {
     const fn pruned(self) -> Kind {
         Kind {
             lifecycle: Lifecycle::Pruned,
+            ..self
+        }
+    }
+
+    /// The kind, rendered by a Municipality in Velero's namespace.
+    const fn velero(self) -> Kind {
+        Kind {
+            owner: Owner::Municipality,
+            in_velero_namespace: true,
             ..self
         }
     }
@@ -268,6 +282,12 @@ pub const MARIADB_GRANT: Kind = Kind::custom(db::MARIADB_GRANT, MARIADB_CLEANUP)
 /// keeps it when the Certificate goes, and would issue it again.
 pub const CERTIFICATE: Kind = Kind::custom(certificate::CERTIFICATE, None).pruned();
 
+/// A comune's backup schedule (Velero), in Velero's namespace. Deleting it leaves its backups
+/// (no owner references), which expire as the policy that made them said.
+pub const VELERO_SCHEDULE: Kind = Kind::custom(backup::VELERO_SCHEDULE, None)
+    .pruned()
+    .velero();
+
 /// Every kind, the namespace first (everything else lives in one).
 pub const KINDS: &[Kind] = &[
     NAMESPACE,
@@ -291,6 +311,7 @@ pub const KINDS: &[Kind] = &[
     MARIADB_USER,
     MARIADB_GRANT,
     CERTIFICATE,
+    VELERO_SCHEDULE,
 ];
 
 /// The declared kind of an object of `resource`.
@@ -393,6 +414,12 @@ mod tests {
             );
             assert_eq!(kind.resource(), r.resource, "{}", r.describe());
             assert_eq!(kind.namespaced, r.object.metadata.namespace.is_some());
+            assert_eq!(
+                kind.in_velero_namespace,
+                r.object.metadata.namespace.as_deref() == config.velero_namespace.as_deref(),
+                "{}",
+                r.describe()
+            );
             assert_eq!(kind.cache, Cache::Managed, "{} is cached", r.describe());
             seen.insert(kind.kind);
         }

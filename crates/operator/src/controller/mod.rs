@@ -10,6 +10,7 @@
 //! | `reconcile.rs` | what every reconcile goes through: timing, unreadable objects, retry and backoff |
 //! | `apply.rs` | compare with the cache, server-side apply, remove what is no longer rendered |
 //! | `namespace.rs` | whose a namespace is; keep or delete it when its owner goes |
+//! | `backups.rs` | each comune's newest successful backup, from Velero's Backups |
 //! | `conditions.rs`, `object.rs`, `error.rs` | conditions; finalizers and Events; errors |
 //! | `municipality/` | the Municipality controller |
 //! | `service/` | the SharedService controller |
@@ -17,6 +18,7 @@
 //! The two controllers do not import each other; what they share lives here, below both.
 
 mod apply;
+pub(crate) mod backups;
 mod cached;
 mod caches;
 mod compare;
@@ -73,6 +75,8 @@ pub struct Context {
     entries: Arc<entries::Entries>,
     /// The instances' states, as read from their cached Deployments.
     instance_states: cached::Readings<service::InstanceState>,
+    /// Each comune's newest successful backup, when the platform has Velero.
+    backups: Option<Arc<backups::Backups>>,
     /// The comuni's objects created a moment ago.
     created: apply::Created,
     /// The services' failures on each comune, in a row.
@@ -130,6 +134,7 @@ impl Context {
             municipality_store,
             service_store,
             &config.namespace_prefix,
+            config.velero_namespace.as_deref(),
         )
         .await?;
         let reporter = Reporter {
@@ -137,6 +142,9 @@ impl Context {
             instance: std::env::var("POD_NAME").ok(),
         };
         let recorder = Recorder::new(client.clone(), reporter);
+        let backups = config.velero_namespace.as_deref().map(|velero| {
+            backups::Backups::start(&client, velero, &config.namespace_prefix, &triggers)
+        });
         let ctx = Context {
             client,
             config,
@@ -149,6 +157,7 @@ impl Context {
             entries,
             instance_states: Default::default(),
             created: Default::default(),
+            backups,
             retries: Default::default(),
         };
         let streams = Streams {

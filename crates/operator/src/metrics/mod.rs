@@ -11,9 +11,12 @@ use prometheus_client::{
     registry::Registry,
 };
 
+mod backups;
 mod certificates;
 mod comuni;
 
+pub use backups::BackupAge;
+use backups::Backups;
 use certificates::Certificates;
 use comuni::Comuni;
 pub use comuni::QUOTA_RESOURCES;
@@ -82,6 +85,7 @@ pub struct Metrics {
     errors: Family<ErrorLabels, Counter>,
     comuni: Arc<Comuni>,
     certificates: Arc<Certificates>,
+    backups: Arc<Backups>,
     writes: Family<KindLabels, Counter>,
     service_instances: Family<ServiceStateLabels, Gauge>,
     rollout_progress: Family<ServiceLabels, Gauge<f64, AtomicU64>>,
@@ -109,6 +113,8 @@ impl Default for Metrics {
         registry.register_collector(Box::new(comuni.clone()));
         let certificates = Arc::new(Certificates::default());
         registry.register_collector(Box::new(certificates.clone()));
+        let backups = Arc::new(Backups::default());
+        registry.register_collector(Box::new(backups.clone()));
         let writes = Family::<KindLabels, Counter>::default();
         let service_instances = Family::<ServiceStateLabels, Gauge>::default();
         let rollout_progress = Family::<ServiceLabels, Gauge<f64, AtomicU64>>::default();
@@ -161,6 +167,7 @@ impl Default for Metrics {
             errors,
             comuni,
             certificates,
+            backups,
             writes,
             service_instances,
             rollout_progress,
@@ -348,6 +355,7 @@ impl Metrics {
         if let Ok(mut certificates) = self.certificates.0.lock() {
             certificates.retain(|(_, m), _| m.as_ref() != municipality);
         }
+        self.set_backup(municipality, None);
     }
 
     /// The registry in Prometheus text format.

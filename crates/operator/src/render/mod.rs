@@ -3,6 +3,7 @@
 
 #[cfg(test)]
 mod apps;
+pub mod backup;
 pub mod certificate;
 #[cfg(test)]
 mod collisions;
@@ -68,6 +69,8 @@ pub struct Config {
     /// The cert-manager ClusterIssuer of every host whose service names neither its own nor a
     /// TLS Secret: none, plain HTTP.
     pub cluster_issuer: Option<String>,
+    /// Velero's namespace, where each comune's backup Schedule is made; none: no Schedules.
+    pub velero_namespace: Option<String>,
 }
 
 impl Default for Config {
@@ -85,6 +88,7 @@ impl Default for Config {
             mariadb_operator_namespace: "mariadb-operator".into(),
             api_server_cidrs: vec![],
             cluster_issuer: None,
+            velero_namespace: Some("velero".into()),
         }
     }
 }
@@ -103,6 +107,17 @@ pub fn is_cidr(text: &str) -> bool {
 
 /// A kind of another operator's (no Rust types): (group, version, kind, plural).
 pub type Gvk = (&'static str, &'static str, &'static str, &'static str);
+
+/// The API of another operator's kind.
+pub fn api_resource((group, version, kind, plural): Gvk) -> ApiResource {
+    ApiResource {
+        group: group.into(),
+        version: version.into(),
+        api_version: format!("{group}/{version}"),
+        kind: kind.into(),
+        plural: plural.into(),
+    }
+}
 
 /// One object to apply, with the API it belongs to.
 #[derive(Clone, Debug)]
@@ -138,17 +153,10 @@ impl Rendered {
         labels: &BTreeMap<String, String>,
         spec: serde_json::Value,
     ) -> Result<Rendered, serde_json::Error> {
-        let (group, version, kind, plural) = gvk;
-        let resource = ApiResource {
-            group: group.into(),
-            version: version.into(),
-            api_version: format!("{group}/{version}"),
-            kind: kind.into(),
-            plural: plural.into(),
-        };
+        let resource = api_resource(gvk);
         let object: DynamicObject = serde_json::from_value(serde_json::json!({
             "apiVersion": resource.api_version,
-            "kind": kind,
+            "kind": resource.kind,
             "metadata": {"name": name, "namespace": ns, "labels": labels},
             "spec": spec,
         }))?;

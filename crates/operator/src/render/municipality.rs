@@ -112,6 +112,9 @@ pub fn render_municipality(
             ))?);
         }
     }
+    if let Some(velero) = &config.velero_namespace {
+        out.push(super::backup::render_backup_schedule(m, config, velero)?);
+    }
     Ok(out)
 }
 
@@ -303,6 +306,7 @@ spec:
                 "NetworkPolicy comune-lugano/consorzio-allow-ingress-controller",
                 "NetworkPolicy comune-lugano/consorzio-allow-internet-egress",
                 "RoleBinding comune-lugano/consorzio-admins",
+                "Schedule velero/comune-lugano",
             ]
         );
     }

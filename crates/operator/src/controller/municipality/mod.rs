@@ -1,6 +1,7 @@
 //! The Municipality reconciler: render, apply what differs, prune what is no longer rendered,
 //! write status; and on deletion, keep or delete the namespace as the deletion policy says.
 
+mod backup;
 mod status;
 
 use std::{sync::Arc, time::Duration};
@@ -124,7 +125,11 @@ async fn reconcile_municipality(m: &Municipality, ctx: &Context) -> Result<Actio
         NamespaceState::Absent | NamespaceState::Ours => {}
     }
 
-    let desired = render_municipality(m, &ctx.config).map_err(Error::render(describe_of(m)))?;
+    let mut desired = render_municipality(m, &ctx.config).map_err(Error::render(describe_of(m)))?;
+    // Its backup Schedule once the cluster has Velero (its CRDs).
+    desired.retain(|r| {
+        r.resource.kind != kinds::VELERO_SCHEDULE.kind || ctx.caches.serves(&kinds::VELERO_SCHEDULE)
+    });
     // The namespace first: everything else lives in it.
     let (namespace, rest) = desired
         .split_first()
@@ -275,7 +280,17 @@ async fn cleanup(m: &Municipality, ctx: &Context) -> Result<Action, Error> {
         // Absent, or not ours (never touched), or already terminating under Retain: nothing to do.
         _ => {}
     }
+    // No more backups of what it kept; those taken stay until they expire.
+    if let Some(velero) = &ctx.config.velero_namespace {
+        let schedule = ctx.caches.get(&kinds::VELERO_SCHEDULE, Some(velero), &ns);
+        if schedule.is_some_and(|s| !s.deleting()) {
+            delete(ctx, &kinds::VELERO_SCHEDULE, Some(velero), &ns).await?;
+        }
+    }
     set_finalizer(m, FINALIZER, false, ctx).await?;
+    if let Some(backups) = &ctx.backups {
+        backups.forget(&name);
+    }
     ctx.metrics.forget_municipality(&name);
     ctx.entries.forget(&name);
     Ok(Action::await_change())

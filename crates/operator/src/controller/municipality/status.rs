@@ -20,19 +20,32 @@ use super::super::{
     kinds,
     object::publish,
 };
+use super::backup::backup_report;
 use crate::render::{municipality::official_code, service::selects};
 
 /// `Ready`, and `Reconciling` and `Stalled` with it: a comune is stalled only when its namespace
 /// is someone else's (it waits for a person); everything else it waits for comes by itself.
-fn conditions(previous: &[Condition], ready: Ready, generation: Option<i64>) -> Vec<Condition> {
+/// With `BackedUp` (see `backup`) once the platform has Velero.
+fn conditions(
+    previous: &[Condition],
+    ready: Ready,
+    backed_up: Option<Condition>,
+    generation: Option<i64>,
+) -> Vec<Condition> {
     let stalled =
         (ready.reason == "NamespaceConflict").then(|| (ready.reason, ready.message.clone()));
     let [reconciling, stalled] = progress(previous, &ready, stalled, generation);
-    vec![ready.condition(previous, generation), reconciling, stalled]
+    let ready = ready.condition(previous, generation);
+    [ready, reconciling, stalled]
+        .into_iter()
+        .chain(backed_up)
+        .collect()
 }
 
 /// Writes the comune's status if it changed, and keeps the metrics current. The status carries
-/// the services' entries too (see `entries`). Returns when to try again if the write waits.
+/// the services' entries too (see `entries`), and, while the comune is Ready (its backup
+/// Schedule is in place), its backups. Returns when to look again: if the write waits, or when
+/// its newest backup gets too old.
 pub async fn write_status(
     m: &Municipality,
     ctx: &Context,
@@ -71,17 +84,32 @@ pub async fn write_status(
         vec![]
     };
     let (services, hold) = ctx.entries.services(&name, &current.services, &expected);
+    let generation = m.metadata.generation;
+    let (backup, backed_up, stale_at) = match ready.status.then(|| backup_report(m, ctx)) {
+        Some(Some(report)) => {
+            let condition = report.condition(&current.conditions, generation);
+            (Some(report.state), Some(condition), report.look_again)
+        }
+        Some(None) => (None, None, None),
+        // Not Ready: what it said.
+        None => {
+            let said = current.conditions.iter().find(|c| c.type_ == "BackedUp");
+            (current.backup.clone(), said.cloned(), None)
+        }
+    };
     let status = MunicipalityStatus {
         namespace: Some(ns.to_string()),
         code: official_code(m),
-        observed_generation: m.metadata.generation,
-        conditions: conditions(&current.conditions, ready, m.metadata.generation),
+        observed_generation: generation,
+        conditions: conditions(&current.conditions, ready, backed_up, generation),
         quota,
         services,
+        backup,
     };
+    let later = |wait: Option<Duration>| [wait, stale_at].into_iter().flatten().min();
     if status == current {
         ctx.entries.settled(&name, &status, None);
-        return Ok(None);
+        return Ok(later(None));
     }
     // The comune's own state is written at once. The services' entries and the quota usage
     // wait, within bounds, so that one write carries several of their changes (see `passes`).
@@ -91,12 +119,12 @@ pub async fn write_status(
     let own_changed = own != current;
     if !own_changed {
         if hold.is_some() {
-            return Ok(hold);
+            return Ok(later(hold));
         }
         if status.services == current.services
             && let Some(wait) = ctx.entries.usage_write_wait(&name)
         {
-            return Ok(Some(wait));
+            return Ok(later(Some(wait)));
         }
     }
     tracing::debug!(
@@ -124,7 +152,7 @@ pub async fn write_status(
         .during(Step::Status, format!("Municipality {name}"))?;
     let version = release_older_managers(&api, written, ctx).await?;
     ctx.entries.settled(&name, &status, version);
-    Ok(None)
+    Ok(later(None))
 }
 
 /// Earlier versions wrote each service's entry under a field manager of its own. Once this
