@@ -12,12 +12,14 @@ mod common;
 mod database;
 mod municipality;
 mod shared_service;
+mod tenant;
 
 pub use app::*;
 pub use common::{Condition, conditions_schema};
 pub use database::*;
 pub use municipality::*;
 pub use shared_service::*;
+pub use tenant::*;
 
 /// The API group of every consorzio resource.
 pub const GROUP: &str = "consorzio.io";

@@ -426,6 +426,9 @@ pub struct ServiceInstanceStatus {
     /// The certificate of its host, when cert-manager issues it, as cert-manager reports it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificate: Option<CertificateState>,
+    /// Its space inside a Shared application, when the service has tenant Jobs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<crate::TenantState>,
 }
 
 /// A host's certificate, as cert-manager reports it on its `Certificate`.

@@ -14,12 +14,25 @@ use crate::{
     app::{AppTemplate, KNOWN_PLACEHOLDERS_MESSAGE, KNOWN_PLACEHOLDERS_RULE, ReclaimPolicy},
     common::{Condition, conditions_schema, list_map},
     database::Database,
+    tenant::TenantJobs,
 };
 
 /// CEL, on the spec: what a reference needs of the service (the settings keys that exist only
 /// with a database, an ingress or Dedicated tenancy; the database Secret only with a database).
 const NEEDS_RULE: &str = "!has(self.template.env) || self.template.env.all(e, !has(e.valueFrom) || (has(e.valueFrom.secretKeyRef) ? (e.valueFrom.secretKeyRef.name != 'database' || has(self.database)) : (!e.valueFrom.configMapKeyRef.key.startsWith('CONSORZIO_DB_') || has(self.database)) && (e.valueFrom.configMapKeyRef.key != 'CONSORZIO_URL' || has(self.ingress)) && (e.valueFrom.configMapKeyRef.key != 'CONSORZIO_MUNICIPALITY' || self.tenancy == 'Dedicated')))";
 const NEEDS_MESSAGE: &str = "template.env[].valueFrom names what this service does not make: the database Secret and the CONSORZIO_DB_* settings need spec.database, CONSORZIO_URL needs spec.ingress, CONSORZIO_MUNICIPALITY needs tenancy Dedicated";
+
+/// CEL, on the spec: what the tenant Jobs' references need of the service, as `NEEDS_RULE`
+/// (a Shared service has no CONSORZIO_MUNICIPALITY: its Jobs have the placeholders instead).
+macro_rules! tenant_needs_rule {
+    ($stage:literal) => {
+        concat!(
+            "!has(self.tenantJobs) || !has(self.tenantJobs.", $stage, ") || !has(self.tenantJobs.", $stage, ".env) || self.tenantJobs.", $stage,
+            ".env.all(e, !has(e.valueFrom) || (has(e.valueFrom.secretKeyRef) ? (e.valueFrom.secretKeyRef.name != 'database' || has(self.database)) : (!e.valueFrom.configMapKeyRef.key.startsWith('CONSORZIO_DB_') || has(self.database)) && (e.valueFrom.configMapKeyRef.key != 'CONSORZIO_URL' || has(self.ingress)) && e.valueFrom.configMapKeyRef.key != 'CONSORZIO_MUNICIPALITY'))"
+        )
+    };
+}
+const TENANT_NEEDS_MESSAGE: &str = "tenantJobs env valueFrom names what this service does not make: the database Secret and the CONSORZIO_DB_* settings need spec.database, CONSORZIO_URL needs spec.ingress, and a Shared service has no CONSORZIO_MUNICIPALITY (use the value \"{{ municipality.name }}\")";
 
 /// The placeholders a template may use, filled from each comune's Municipality.
 pub const PLACEHOLDERS: &[&str] = &[
@@ -70,6 +83,11 @@ pub const PLACEHOLDERS: &[&str] = &[
         .message("overrides[].replicas greater than 1 need every template volume ReadWriteMany: a ReadWriteOnce volume attaches to one node")
         .field_path(".overrides"),
     validation = Rule::new(NEEDS_RULE).message(NEEDS_MESSAGE).field_path(".template.env"),
+    validation = Rule::new("self.tenancy == 'Shared' || !has(self.tenantJobs)")
+        .message("tenantJobs apply to Shared services only: a Dedicated instance is the comune's alone")
+        .field_path(".tenantJobs"),
+    validation = Rule::new(tenant_needs_rule!("onboarding")).message(TENANT_NEEDS_MESSAGE).field_path(".tenantJobs.onboarding.env"),
+    validation = Rule::new(tenant_needs_rule!("offboarding")).message(TENANT_NEEDS_MESSAGE).field_path(".tenantJobs.offboarding.env"),
     validation = Rule::new("self.tenancy != 'Shared' || !has(self.overrides) || size(self.overrides) == 0")
         .message("overrides apply to Dedicated services only: a Shared service runs one instance for every comune"),
 )]
@@ -121,6 +139,11 @@ pub struct SharedServiceSpec {
     /// Scales every instance to zero while keeping its data.
     #[serde(default)]
     pub suspended: bool,
+
+    /// Shared services only: commands run for each comune when it joins and when it leaves,
+    /// e.g. to make and remove its workspace, organisation or realm in the application.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_jobs: Option<TenantJobs>,
 }
 
 /// Where the instances of a service run.

@@ -62,6 +62,14 @@ fn service() -> Value {
     })
 }
 
+/// A Shared service (no placeholders) with `jobs` as its tenantJobs.
+fn shared_with_jobs(jobs: Value) -> Value {
+    let shared = set(service(), "/spec/tenancy", json!("Shared"));
+    let shared = set(shared, "/spec/template/env", json!([]));
+    let shared = set(shared, "/spec/ingress", json!({"host": "sit.example.org"}));
+    set(shared, "/spec/tenantJobs", jobs)
+}
+
 /// `base` with the value at a JSON pointer set (or removed, for `None`).
 fn with(mut base: Value, pointer: &str, value: Option<Value>) -> Value {
     let (parent, key) = pointer.rsplit_once('/').expect("pointer has a parent");
@@ -518,6 +526,38 @@ fn invalid_on_create() -> Vec<Case> {
             "backups kept no day",
             set(swiss(), "/spec/backup", json!({"retentionDays": 0})),
             "spec.backup.retentionDays in body should be greater than or equal to 1",
+        ),
+        c(
+            "tenant Jobs of a Dedicated service",
+            set(
+                service(),
+                "/spec/tenantJobs",
+                json!({"onboarding": {"command": ["true"]}}),
+            ),
+            "tenantJobs apply to Shared services only",
+        ),
+        c(
+            "tenant Jobs with neither Job",
+            shared_with_jobs(json!({"retries": 1})),
+            "tenantJobs needs onboarding, offboarding or both",
+        ),
+        c(
+            "a tenant Job reading a database the service has not",
+            shared_with_jobs(json!({"offboarding": {"command": ["true"], "env": [
+                {"name": "P", "valueFrom": {"secretKeyRef": {"name": "database", "key": "password"}}}]}})),
+            "tenantJobs env valueFrom names what this service does not make",
+        ),
+        c(
+            "a tenant Job's image at latest",
+            shared_with_jobs(
+                json!({"onboarding": {"image": "busybox:latest", "command": ["true"]}}),
+            ),
+            "image must carry a tag (not latest) or a digest",
+        ),
+        c(
+            "a tenant Job retried 7 times",
+            shared_with_jobs(json!({"onboarding": {"command": ["true"]}, "retries": 7})),
+            "spec.tenantJobs.retries in body should be less than or equal to 6",
         ),
         c(
             "probe path without a slash",

@@ -88,6 +88,9 @@ pub fn render_files(paths: &[PathBuf], config: &Config) -> anyhow::Result<()> {
             for m in chosen {
                 rendered.extend(render::shared::render_access_point(s, m, config)?);
                 rendered.push(render::shared::render_subscription(s, m, config, true)?);
+                // Its onboarding Job (its offboarding Job runs when it leaves).
+                let stage = render::tenant::Stage::Onboarding;
+                rendered.extend(render::tenant::render_tenant_job(s, m, stage, config)?);
             }
         }
     }

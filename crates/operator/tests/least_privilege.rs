@@ -214,6 +214,23 @@ async fn the_operator_runs_on_the_charts_rbac_and_can_do_nothing_more() {
             )?;
             ensure!(message.contains("backs up one comune's namespace"), "{message}");
         }
+        // No Job in a comune's namespace (tenant Jobs run in Shared services' namespaces only).
+        let job: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "batch/v1", "kind": "Job",
+            "metadata": {"name": unique_name("probe"), "namespace": tenant_ns,
+                         "labels": {"app.kubernetes.io/managed-by": "consorzio"}},
+            "spec": {"template": {"spec": {"restartPolicy": "Never",
+                     "containers": [{"name": "x", "image": "busybox:1.37.0"}]}}},
+        }))?;
+        let jobs = ApiResource::from_gvk_with_plural(&kube::core::GroupVersionKind::gvk("batch", "v1", "Job"), "jobs");
+        let message = denied(
+            Api::<DynamicObject>::namespaced_with(client.clone(), &tenant_ns, &jobs)
+                .create(&PostParams::default(), &job)
+                .await
+                .map(|_| ()),
+            "a Job in a comune's namespace",
+        )?;
+        ensure!(message.contains("only in Shared services' namespaces"), "{message}");
         let restore: DynamicObject = serde_json::from_value(json!({
             "apiVersion": "velero.io/v1", "kind": "Restore",
             "metadata": {"name": unique_name("probe"), "namespace": "velero"},

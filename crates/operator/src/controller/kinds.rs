@@ -6,6 +6,7 @@
 
 use k8s_openapi::api::{
     apps::v1::Deployment,
+    batch::v1::Job,
     core::v1::{
         ConfigMap, LimitRange, Namespace, PersistentVolumeClaim, ResourceQuota, Secret,
         ServiceAccount,
@@ -255,6 +256,10 @@ pub const SECRET: Kind = Kind::typed::<Secret>(Owner::Service, Lifecycle::Data, 
 pub const DEFAULT_SERVICE_ACCOUNT: Kind =
     Kind::typed::<ServiceAccount>(Owner::Neither, Lifecycle::Watched, Cache::Named("default"));
 
+/// A comune's onboarding or offboarding in a Shared application (`spec.tenantJobs`): made once
+/// for its inputs, kept as the record, deleted when the comune leaves (or joins again).
+pub const JOB: Kind = Kind::typed::<Job>(Owner::Service, Lifecycle::Pruned, Cache::Managed);
+
 /// A PostgreSQL server (CloudNativePG). Deleting it deletes its volumes (they are its own).
 pub const CNPG_CLUSTER: Kind = Kind::custom(db::CNPG_CLUSTER, None);
 /// A PostgreSQL role on a shared server.
@@ -303,6 +308,7 @@ pub const KINDS: &[Kind] = &[
     VOLUME_CLAIM,
     SECRET,
     DEFAULT_SERVICE_ACCOUNT,
+    JOB,
     CNPG_CLUSTER,
     CNPG_ROLE,
     CNPG_DATABASE,
@@ -339,6 +345,7 @@ mod tests {
         render_municipality,
         service::{is_dedicated, render_dedicated_at, selects},
         shared::{render_access_point, render_shared},
+        tenant::{Stage, render_tenant_job},
     };
 
     fn of_kind<T: serde::de::DeserializeOwned>(docs: &[Value], kind: &str) -> Vec<T> {
@@ -398,7 +405,11 @@ mod tests {
                     }
                     objects
                 } else {
-                    render_access_point(s, m, &config).expect("renders")
+                    let mut objects = render_access_point(s, m, &config).expect("renders");
+                    for stage in [Stage::Onboarding, Stage::Offboarding] {
+                        objects.extend(render_tenant_job(s, m, stage, &config).expect("renders"));
+                    }
+                    objects
                 };
                 rendered.extend(objects.into_iter().map(|r| (Owner::Service, r)));
             }

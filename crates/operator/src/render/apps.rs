@@ -15,6 +15,7 @@ use super::{
     fixtures::comune,
     service::{credentials_name, is_dedicated, render_dedicated, render_dedicated_at},
     shared::render_shared,
+    tenant::{Stage, render_tenant_job},
 };
 
 /// What each image's documentation says it writes (see the sources in the catalogue's
@@ -154,7 +155,25 @@ fn every_env_reference_resolves_to_a_key_the_operator_writes() {
             (database_secret_name(s), DATABASE_SECRET_KEYS.to_vec()),
         ]);
         let pod = &one(&objects, "Deployment")["spec"]["template"]["spec"];
-        for var in pod["containers"][0]["env"].as_array().into_iter().flatten() {
+        let mut env: Vec<Value> = pod["containers"][0]["env"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        // And its tenant Jobs', which run beside the shared instance.
+        for stage in [Stage::Onboarding, Stage::Offboarding] {
+            let m = comune("alvito", "x");
+            if let Some(job) = render_tenant_job(s, &m, stage, &Config::default()).expect("renders")
+            {
+                let job = json(&job);
+                env.extend(
+                    job["spec"]["template"]["spec"]["containers"][0]["env"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default(),
+                );
+            }
+        }
+        for var in &env {
             let from = &var["valueFrom"];
             if let Some(r) = from.get("configMapKeyRef") {
                 assert_eq!(r["name"], settings["metadata"]["name"], "{name}: {var}");

@@ -19,6 +19,7 @@ pub mod service;
 pub mod service_namespace;
 pub mod shared;
 pub mod template;
+pub mod tenant;
 
 use std::collections::BTreeMap;
 

@@ -14,6 +14,7 @@ mod rollout;
 mod shared;
 mod status;
 mod teardown;
+mod tenant;
 
 use std::{
     sync::{

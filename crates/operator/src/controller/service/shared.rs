@@ -33,6 +33,7 @@ use super::{
     observe::instance_state,
     status::{Summary, entry, finish, summarize_shared, write_status},
     teardown::{prune, remove_unrendered},
+    tenant::{Slots, TENANT_JOBS_POLL, offboard_leaving, onboard, tenant_state},
     went, with_certificate,
 };
 use crate::render::{
@@ -96,11 +97,13 @@ pub async fn reconcile_shared(
             .clone()
             .or_else(|| Some(access_url(s, &namespace_name(m, &ctx.config))));
         let entry = entry(s, state, url, version.clone(), waiting.clone());
-        let entry = with_certificate(entry, s, m, &ns, ctx);
+        let mut entry = with_certificate(entry, s, m, &ns, ctx);
+        entry.tenant = tenant_state(s, m, state == InstanceState::Available, ctx);
         ctx.report(m, &name, Some(entry));
     };
     let wrote = AtomicBool::new(false);
-    let (report_ref, wrote_ref) = (&report, &wrote);
+    let slots = Slots::new(s, ctx);
+    let (report_ref, wrote_ref, slots_ref) = (&report, &wrote, &slots);
     let covered = (0..comuni.len()).filter(|&i| scope.covers(&comuni[i].name_any()));
     let mut failures = each(covered, ctx, |i| async move {
         let m = comuni[i];
@@ -111,6 +114,10 @@ pub async fn reconcile_shared(
                 wrote_ref.store(true, Ordering::Relaxed);
             }
             subscribe(s, &namespace_name(m, &ctx.config), true, ctx).await?;
+            // Its space in the application, once the application serves.
+            if state == InstanceState::Available {
+                onboard(s, m, slots_ref, ctx).await?;
+            }
             report_ref(i);
             Ok(())
         };
@@ -122,14 +129,27 @@ pub async fn reconcile_shared(
         .map(|m| namespace_name(m, &ctx.config))
         .collect();
     keep.insert(ns.clone());
+    // Comuni that leave keep their access until their offboarding Job has ended.
+    let held = offboard_leaving(s, &keep, |c| scope.covers(c), ctx).await;
+    keep.extend(held.iter().cloned());
     failures.extend(prune(s, keep, scope, ctx).await);
     (0..comuni.len()).for_each(report);
     let retry = record(s, &failures, |c| scope.covers(c), ctx).await;
     let summary = summarize_shared(s, &ns, state, waiting.as_deref()).failed_on(&failures);
-    Ok((
-        finish(s, summary, retry, ctx).await?,
-        went(&wrote, &failures),
-    ))
+    // Tenant Jobs that run or wait for a slot: looked at again soon, over every comune (a Job
+    // that ends wakes its own comune's pass only).
+    let jobs_pending = !held.is_empty() || slots.exhausted(s);
+    let retry = if jobs_pending {
+        retry.map_or(Some(TENANT_JOBS_POLL), |r| Some(r.min(TENANT_JOBS_POLL)))
+    } else {
+        retry
+    };
+    let went = if jobs_pending {
+        Went::Partly
+    } else {
+        went(&wrote, &failures)
+    };
+    Ok((finish(s, summary, retry, ctx).await?, went))
 }
 
 /// Applies the service's namespace (the first of `rendered`) unless it is someone else's, and

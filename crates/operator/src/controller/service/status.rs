@@ -216,6 +216,7 @@ pub fn entry(
         version: Some(version),
         message: waiting.map(|what| format!("waiting for its database: {what}")),
         certificate: None,
+        tenant: None,
     }
 }
 

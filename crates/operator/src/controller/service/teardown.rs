@@ -31,6 +31,7 @@ use crate::render::{
     service::{SERVICE_LABEL, credentials_name, is_dedicated},
     service_namespace::render_shared_namespace,
     shared::{shared_namespace, subscriber_label},
+    tenant::TENANT_JOB_LABEL,
 };
 
 /// What the service says becomes of its data.
@@ -67,7 +68,10 @@ pub async fn remove_unrendered(
     rendered: &[Rendered],
     ctx: &Context,
 ) -> Result<bool, Error> {
-    let gone = unrendered(ctx, Owner::Service, ns, is_ours(s), rendered);
+    // The tenant Jobs are rendered for each comune, and go as `tenant` says.
+    let ours = is_ours(s);
+    let rendered_here = |obj: &Cached| ours(obj) && obj.label(TENANT_JOB_LABEL).is_none();
+    let gone = unrendered(ctx, Owner::Service, ns, rendered_here, rendered);
     for (kind, obj) in &gone {
         remove(ctx, kind, obj, Reclaim::Retain).await?;
     }
