@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use anyhow::bail;
 use clap::Args;
-use consorzio::render::Config;
+use consorzio::render::{Config, database_backup::BackupStore, is_cidr};
 use k8s_openapi::api::core::v1::Toleration;
 
 #[derive(Args, Debug)]
@@ -66,6 +66,30 @@ pub struct Settings {
     /// there may it write them); empty: no backups.
     #[arg(long, env = "CONSORZIO_VELERO_NAMESPACE", default_value = "velero")]
     velero_namespace: String,
+    /// The object store of the databases' own backups, s3://BUCKET[/PREFIX] (CloudNativePG's
+    /// barman-cloud plugin, mariadb-operator's dumps); none: no database backups.
+    #[arg(long, env = "CONSORZIO_BACKUP_OBJECT_STORE")]
+    backup_object_store: Option<String>,
+    /// Its S3-compatible endpoint, e.g. https://minio.example.org:9000 (none: Amazon S3).
+    #[arg(long, env = "CONSORZIO_BACKUP_OBJECT_STORE_ENDPOINT")]
+    backup_object_store_endpoint: Option<String>,
+    /// Its address ranges (CIDR, repeatable): the database servers reach it there only. None:
+    /// only where their namespace's egress reaches.
+    #[arg(
+        long = "backup-object-store-cidr",
+        env = "CONSORZIO_BACKUP_OBJECT_STORE_CIDRS",
+        value_delimiter = ','
+    )]
+    backup_object_store_cidrs: Vec<String>,
+    /// NAMESPACE/NAME of the Secret with ACCESS_KEY_ID and ACCESS_SECRET_KEY for the store,
+    /// copied beside the services' own servers; a comune's servers get NAME-<comune>, a key the
+    /// platform limits to the comune's prefix (its admins can read its namespace's Secrets).
+    #[arg(
+        long,
+        env = "CONSORZIO_BACKUP_CREDENTIALS",
+        default_value = "consorzio/consorzio-backup-credentials"
+    )]
+    backup_credentials: String,
 }
 
 impl Settings {
@@ -108,13 +132,22 @@ impl Settings {
             ("--api-server-cidr", &self.api_server_cidrs),
         ];
         for (flag, cidrs) in flags {
-            if let Some(cidr) = cidrs.iter().find(|c| !consorzio::render::is_cidr(c)) {
+            if let Some(cidr) = cidrs.iter().find(|c| !is_cidr(c)) {
                 bail!(
                     "{flag} {cidr:?} is not an address range, e.g. 203.0.113.0/24 or 2001:db8::/32"
                 );
             }
         }
+        let backup_store = match self
+            .backup_object_store
+            .as_deref()
+            .filter(|d| !d.is_empty())
+        {
+            None => None,
+            Some(destination) => Some(self.backup_store(destination)?),
+        };
         Ok(Config {
+            backup_store,
             internet_egress_except: self.internet_egress_except.clone(),
             cnpg_namespace: self.cnpg_namespace.clone(),
             mariadb_operator_namespace: self.mariadb_operator_namespace.clone(),
@@ -129,6 +162,39 @@ impl Settings {
                 .iter()
                 .map(|t| toleration(t))
                 .collect::<anyhow::Result<_>>()?,
+        })
+    }
+}
+
+impl Settings {
+    /// The platform's object store, from its flags.
+    fn backup_store(&self, destination: &str) -> anyhow::Result<BackupStore> {
+        if !BackupStore::valid_destination(destination) {
+            bail!("--backup-object-store {destination:?}: expected s3://BUCKET[/PREFIX]");
+        }
+        let endpoint = self
+            .backup_object_store_endpoint
+            .clone()
+            .filter(|e| !e.is_empty());
+        if let Some(e) = &endpoint
+            && !(e.starts_with("https://") || e.starts_with("http://"))
+        {
+            bail!("--backup-object-store-endpoint {e:?}: expected https://HOST[:PORT]");
+        }
+        if let Some(c) = self.backup_object_store_cidrs.iter().find(|c| !is_cidr(c)) {
+            bail!("--backup-object-store-cidr {c:?} is not an address range, e.g. 203.0.113.0/24");
+        }
+        let Some((ns, name)) = self.backup_credentials.split_once('/') else {
+            bail!(
+                "--backup-credentials {:?}: expected NAMESPACE/NAME",
+                self.backup_credentials
+            );
+        };
+        Ok(BackupStore {
+            destination: destination.to_string(),
+            endpoint,
+            cidrs: self.backup_object_store_cidrs.clone(),
+            credentials: (ns.to_string(), name.to_string()),
         })
     }
 }

@@ -57,6 +57,24 @@ fn chart_lints_and_renders_with_defaults_and_every_toggle() -> anyhow::Result<()
         container["securityContext"]["capabilities"]["drop"][0],
         "ALL"
     );
+    // With an object store: its settings, and a Role to read the keys in its own namespace only.
+    let env = container["env"].as_array().context("env")?;
+    ensure!(
+        env.iter()
+            .any(|e| e["name"] == "CONSORZIO_BACKUP_CREDENTIALS"
+                && e["value"] == "consorzio/consorzio-backup-credentials"),
+        "{env:?}"
+    );
+    let keys = all
+        .iter()
+        .find(|d| d["kind"] == "Role" && d["metadata"]["name"] == "consorzio-backup-credentials")
+        .context("the keys' Role")?;
+    ensure!(keys["metadata"]["namespace"] == "consorzio", "{keys}");
+    ensure!(
+        keys["rules"]
+            == serde_json::json!([{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}]),
+        "{keys}"
+    );
     assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
     assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
     Ok(())

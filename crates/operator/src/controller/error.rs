@@ -30,6 +30,10 @@ pub enum Error {
     /// than a crash.
     #[error("{0}")]
     Malformed(&'static str),
+    /// Something the platform provides is not there (what, and what to do); retried with
+    /// backoff, as it may come at any time.
+    #[error("{0}")]
+    Missing(String),
 }
 
 /// What the operator was doing when a request failed.
@@ -126,6 +130,7 @@ impl Error {
             (Error::Kube { .. }, None) => "api_unreachable",
             (Error::Render { .. }, _) => "render",
             (Error::Malformed(_), _) => "malformed",
+            (Error::Missing(_), _) => "missing",
         }
     }
 
@@ -139,7 +144,7 @@ impl Error {
             } => format!("{self}: {}", status.message),
             Error::Kube { source, .. } => format!("{self}: {source}"),
             Error::Render { source, .. } => format!("{self}: {source}"),
-            Error::Malformed(_) => self.to_string(),
+            Error::Malformed(_) | Error::Missing(_) => self.to_string(),
         }
     }
 

@@ -17,7 +17,7 @@ use k8s_openapi::api::{
 };
 use kube::core::ApiResource;
 
-use crate::render::{Gvk, backup, certificate, database::kinds as db};
+use crate::render::{Gvk, backup, certificate, database::kinds as db, database_backup};
 
 /// Who renders objects of a kind, and so whose changes they report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -293,6 +293,13 @@ pub const VELERO_SCHEDULE: Kind = Kind::custom(backup::VELERO_SCHEDULE, None)
     .pruned()
     .velero();
 
+/// Where a PostgreSQL server archives (barman-cloud plugin): the store's configuration only.
+pub const OBJECT_STORE: Kind = Kind::custom(database_backup::OBJECT_STORE, None).pruned();
+/// When a PostgreSQL server takes a base backup. Its backups outlive it (no owner reference).
+pub const SCHEDULED_BACKUP: Kind = Kind::custom(database_backup::SCHEDULED_BACKUP, None).pruned();
+/// When a MariaDB database is dumped, and to where. The dumps are in the store, not in it.
+pub const MARIADB_BACKUP: Kind = Kind::custom(database_backup::MARIADB_BACKUP, None).pruned();
+
 /// Every kind, the namespace first (everything else lives in one).
 pub const KINDS: &[Kind] = &[
     NAMESPACE,
@@ -318,6 +325,9 @@ pub const KINDS: &[Kind] = &[
     MARIADB_GRANT,
     CERTIFICATE,
     VELERO_SCHEDULE,
+    OBJECT_STORE,
+    SCHEDULED_BACKUP,
+    MARIADB_BACKUP,
 ];
 
 /// The declared kind of an object of `resource`.
@@ -381,9 +391,16 @@ mod tests {
             comuni.len() > 10 && services.len() > 5,
             "the examples are there"
         );
-        // With the platform's certificates, as a cluster with cert-manager runs it.
+        // With the platform's certificates and database backups, as a cluster with cert-manager
+        // and an object store runs it.
         let config = Config {
             cluster_issuer: Some("platform-ca".into()),
+            backup_store: Some(crate::render::database_backup::BackupStore {
+                destination: "s3://backups".into(),
+                endpoint: None,
+                cidrs: vec!["203.0.113.0/24".into()],
+                credentials: ("consorzio".into(), "keys".into()),
+            }),
             ..Config::default()
         };
         let mut rendered: Vec<(Owner, Rendered)> = vec![];

@@ -30,6 +30,7 @@ const ERROR_REASONS: &[&str] = &[
     "api_unreachable",
     "render",
     "malformed",
+    "missing",
 ];
 
 /// Which controller a reconcile belongs to.

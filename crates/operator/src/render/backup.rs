@@ -12,7 +12,7 @@
 
 use std::str::FromStr as _;
 
-use consorzio_api::{DataClassification, Municipality};
+use consorzio_api::{DataClassification, Municipality, SharedService};
 use k8s_openapi::jiff::{SignedDuration, civil};
 use kube::ResourceExt;
 use serde_json::json;
@@ -28,9 +28,28 @@ pub const VELERO_RESTORE: Gvk = ("velero.io", "v1", "Restore", "restores");
 
 /// A comune's backup policy, defaults filled in: when (cron, UTC) and for how many days.
 pub fn policy(m: &Municipality) -> (String, i32) {
-    let spread = stable_hash(&m.name_any());
+    let (schedule, days) = default_policy(&m.name_any(), m.spec.data_classification);
+    let b = &m.spec.backup;
+    (
+        b.schedule.clone().unwrap_or(schedule),
+        b.retention_days.unwrap_or(days),
+    )
+}
+
+/// The backup policy of a service's own database server (a Shared instance's, or the one of a
+/// Dedicated service's `ordinary` comuni): the ordinary class's, at a time of its own.
+pub fn server_policy(s: &SharedService) -> (String, i32) {
+    default_policy(
+        &format!("shared-{}", s.name_any()),
+        DataClassification::Ordinary,
+    )
+}
+
+/// The default policy of `class`, at a time of `name`'s own.
+fn default_policy(name: &str, class: DataClassification) -> (String, i32) {
+    let spread = stable_hash(name);
     let minute = spread % 60;
-    let (schedule, days) = match m.spec.data_classification {
+    match class {
         DataClassification::Ordinary => (format!("{minute} {} * * *", 1 + (spread / 60) % 4), 30),
         DataClassification::Critical => {
             let first = (spread / 60) % 6;
@@ -38,12 +57,7 @@ pub fn policy(m: &Municipality) -> (String, i32) {
             (format!("{minute} {} * * *", hours.join(",")), 90)
         }
         DataClassification::Strategic => (format!("{minute} * * * *"), 365),
-    };
-    let b = &m.spec.backup;
-    (
-        b.schedule.clone().unwrap_or(schedule),
-        b.retention_days.unwrap_or(days),
-    )
+    }
 }
 
 /// How long after a run of `schedule` its next must have finished: the longest interval between

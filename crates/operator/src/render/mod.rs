@@ -8,6 +8,7 @@ pub mod certificate;
 #[cfg(test)]
 mod collisions;
 pub mod database;
+pub mod database_backup;
 #[cfg(test)]
 mod fixtures;
 pub mod instance;
@@ -72,6 +73,8 @@ pub struct Config {
     pub cluster_issuer: Option<String>,
     /// Velero's namespace, where each comune's backup Schedule is made; none: no Schedules.
     pub velero_namespace: Option<String>,
+    /// The platform's object store for the databases' own backups; none: no database backups.
+    pub backup_store: Option<database_backup::BackupStore>,
 }
 
 impl Default for Config {
@@ -90,6 +93,7 @@ impl Default for Config {
             api_server_cidrs: vec![],
             cluster_issuer: None,
             velero_namespace: Some("velero".into()),
+            backup_store: None,
         }
     }
 }

@@ -10,8 +10,9 @@ use kube::{ResourceExt, core::ObjectMeta};
 
 pub use super::selection::{Selection, selects};
 use super::{
-    Config, MANAGED_BY, MUNICIPALITY_LABEL, Rendered,
+    Config, MANAGED_BY, MUNICIPALITY_LABEL, Rendered, backup,
     database::{Place, connection, place_for, render_database, render_server, target},
+    database_backup::with_backups,
     instance::{Instance, public_url, render_instance},
     municipality::namespace_name,
     network::{render_client_policy, render_server_policy},
@@ -230,6 +231,22 @@ pub fn render_dedicated_at(
             ))?);
         }
         out.extend(render_database(s, db, target, &labels, own)?);
+        // Backed up on the comune's policy: its own server, or its database on the service's.
+        if let Some(store) = &config.backup_store {
+            let (schedule, days) = backup::policy(m);
+            let databases = [(target.object.as_str(), target.sql.as_str())];
+            let server_ns = target.namespace.clone();
+            with_backups(
+                &mut out,
+                s,
+                db,
+                &server_ns,
+                &labels,
+                &databases,
+                (&schedule, days),
+                store,
+            )?;
+        }
     }
     Ok(out)
 }

@@ -12,7 +12,9 @@ use kube::{ResourceExt, core::ObjectMeta};
 
 use super::{
     Config, MANAGED_BY, ORPHANED_LABEL, Rendered,
+    backup::server_policy,
     database::render_server,
+    database_backup::with_backups,
     managed_meta,
     municipality::{pod_security_restricted, render_limit_range},
     network::{render_network_policies, render_server_policy},
@@ -40,6 +42,12 @@ pub fn render_database_namespace(
         Some((subscriber_label(s), "true".into())),
         config,
     ))?);
+    // Its comuni's MariaDB databases are dumped each on its comune's policy (see
+    // `render_dedicated_at`); a PostgreSQL server is backed up whole, on the service's.
+    if let Some(store) = &config.backup_store {
+        let (schedule, days) = server_policy(s);
+        with_backups(&mut out, s, db, &ns, &labels, &[], (&schedule, days), store)?;
+    }
     Ok(out)
 }
 

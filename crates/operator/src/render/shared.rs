@@ -17,7 +17,9 @@ use kube::{ResourceExt, core::ObjectMeta};
 
 use super::{
     Config, Rendered,
+    backup::server_policy,
     database::{Place, connection, render_database, render_server, target},
+    database_backup::with_backups,
     instance::{Instance, public_url, render_instance},
     managed_meta,
     municipality::namespace_name,
@@ -123,6 +125,20 @@ pub fn render_shared(
             s, db, &ns, &labels, None, config,
         ))?);
         out.extend(render_database(s, db, target, &labels, true)?);
+        if let Some(store) = &config.backup_store {
+            let (schedule, days) = server_policy(s);
+            let databases = [(target.object.as_str(), target.sql.as_str())];
+            with_backups(
+                &mut out,
+                s,
+                db,
+                &ns,
+                &labels,
+                &databases,
+                (&schedule, days),
+                store,
+            )?;
+        }
     }
     Ok(out)
 }

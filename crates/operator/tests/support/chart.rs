@@ -14,8 +14,8 @@ pub fn root() -> PathBuf {
 }
 
 pub const CHART: &str = "charts/consorzio";
-pub const EVERY_TOGGLE: &str =
-    "serviceMonitor.enabled=true,prometheusRule.enabled=true,grafanaDashboard.enabled=true";
+pub const EVERY_TOGGLE: &str = "serviceMonitor.enabled=true,prometheusRule.enabled=true,\
+    grafanaDashboard.enabled=true,operator.databaseBackups.objectStore=s3://backups/consorzio";
 
 /// Runs the cluster's helm in the repository root and returns its standard output.
 pub fn helm(args: &[&str]) -> anyhow::Result<String> {

@@ -56,6 +56,15 @@ impl Operator {
     /// ServiceAccount's token); the CRDs, the operator's RBAC and policies and the tenant roles
     /// are installed as the admin.
     pub async fn start_with(env: &Env, client: kube::Client) -> anyhow::Result<Operator> {
+        Operator::start_configured(env, client, |_| {}).await
+    }
+
+    /// [`Operator::start_with`], its settings changed by `configure`.
+    pub async fn start_configured(
+        env: &Env,
+        client: kube::Client,
+        configure: impl FnOnce(&mut Config),
+    ) -> anyhow::Result<Operator> {
         // CONSORZIO_TEST_LOG=debug shows what the operator does (with --nocapture).
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_env(
@@ -66,7 +75,7 @@ impl Operator {
         install_crds(&env.client()).await?;
         install_platform(env.cluster()).await?;
         let metrics = Arc::new(Metrics::default());
-        let config = Config {
+        let mut config = Config {
             pod_tolerations: vec![k8s_openapi::api::core::v1::Toleration {
                 key: Some("kwok.x-k8s.io/node".into()),
                 operator: Some("Exists".into()),
@@ -76,6 +85,7 @@ impl Operator {
             cluster_issuer: Some(TEST_CLUSTER_ISSUER.into()),
             ..Config::default()
         };
+        configure(&mut config);
         let (ctx, streams) = Context::start(client, config, metrics.clone()).await?;
         let (stop, stopped) = oneshot::channel::<()>();
         let stopped = futures::FutureExt::shared(async {

@@ -58,6 +58,34 @@ pub fn missing_database_operator(db: &Database, ctx: &Context) -> Option<String>
     )
 }
 
+/// With a platform object store: unless the cluster serves what backs up `db`'s engine.
+pub fn missing_backup_kinds(db: &Database, ctx: &Context) -> Option<String> {
+    ctx.config.backup_store.as_ref()?;
+    let what = "database backups (--backup-object-store) need it";
+    match db.engine {
+        Engine::PostgreSQL => not_served(
+            &kinds::OBJECT_STORE,
+            what,
+            "CloudNativePG's barman-cloud plugin (0.15 or later)",
+            ctx,
+        )
+        .or_else(|| {
+            not_served(
+                &kinds::SCHEDULED_BACKUP,
+                what,
+                "CloudNativePG (1.30 or later)",
+                ctx,
+            )
+        }),
+        Engine::MariaDB => not_served(
+            &kinds::MARIADB_BACKUP,
+            what,
+            "mariadb-operator (0.38 or later)",
+            ctx,
+        ),
+    }
+}
+
 /// Unless the cluster serves `kind`: that `what` needs it, and to install `operator`.
 pub fn not_served(kind: &Kind, what: &str, operator: &str, ctx: &Context) -> Option<String> {
     (!ctx.caches.serves(kind)).then(|| {

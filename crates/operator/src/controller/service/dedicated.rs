@@ -18,6 +18,7 @@ use super::{
         passes::{Scope, Went},
     },
     InstanceState,
+    backup_credentials::ensure_backup_credentials,
     credentials::ensure_credentials,
     database::{ensure_database_secrets, place_of, starts_pods, waiting_for},
     failures::{each, on, record},
@@ -145,6 +146,12 @@ pub async fn reconcile_dedicated(
             if let Some(db) = db {
                 ensure_database_secrets(s, db, ns, Some(&comune), place, ctx).await?;
                 subscribe(s, ns, place == Place::SharedServer, ctx).await?;
+                // The keys beside its database: its own, or the platform's on the service's server.
+                let (keys_ns, whose) = match place {
+                    Place::Own => (ns.clone(), Some(comune.as_str())),
+                    Place::SharedServer => (shared_namespace(s), None),
+                };
+                ensure_backup_credentials(s, db, &keys_ns, whose, ctx).await?;
             }
             // The same inputs rendered without error above.
             let mut rendered = render_dedicated_at(s, m, &ctx.config, place)
@@ -193,6 +200,7 @@ async fn apply_database_namespace(
     let Some(rest) = claim_namespace(s, &rendered, ctx).await? else {
         return Ok(None);
     };
+    ensure_backup_credentials(s, db, &ns, None, ctx).await?;
     apply_all(ctx, rest).await?;
     remove_unrendered_of_service(s, &ns, &rendered, ctx).await?;
     Ok(Some(ns))

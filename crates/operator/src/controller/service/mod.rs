@@ -4,6 +4,7 @@
 //! selected comune's namespace. Either way, what comuni that leave had goes, their data kept
 //! (`teardown`).
 
+mod backup_credentials;
 mod certificate;
 mod credentials;
 mod database;
@@ -183,6 +184,10 @@ fn missing_operator(s: &SharedService, ctx: &Context) -> Option<(&'static str, S
     let db = s.spec.database.as_ref();
     db.and_then(|db| database::missing_database_operator(db, ctx))
         .map(|why| ("DatabaseOperatorMissing", why))
+        .or_else(|| {
+            db.and_then(|db| database::missing_backup_kinds(db, ctx))
+                .map(|why| ("DatabaseBackupMissing", why))
+        })
         .or_else(|| {
             certificate::missing_cert_manager(s, ctx).map(|why| ("CertManagerMissing", why))
         })

@@ -26,6 +26,7 @@ use super::{
         passes::{Scope, Went},
     },
     InstanceState,
+    backup_credentials::ensure_backup_credentials,
     credentials::ensure_credentials,
     database::{ensure_database_secrets, starts_pods, waiting_for},
     failures::{each, on, record},
@@ -72,6 +73,7 @@ pub async fn reconcile_shared(
     let waiting = match db {
         Some(db) => {
             ensure_database_secrets(s, db, &ns, None, Place::Own, ctx).await?;
+            ensure_backup_credentials(s, db, &ns, None, ctx).await?;
             waiting_for(s, db, &ns, None, Place::Own, ctx)
         }
         None => None,
