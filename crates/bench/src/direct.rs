@@ -28,7 +28,7 @@ use serde_json::{Value, json};
 
 use crate::{
     comuni::Comune,
-    fleet::{SERVICES, rollout_settings, timeout},
+    fleet::{BENCH_ISSUER, SERVICES, rollout_settings, timeout},
     service_manifest, timeline,
     waits::{wait_count, wait_namespaces_gone},
 };
@@ -321,6 +321,7 @@ fn render(bin: &Path, input: &[Value]) -> anyhow::Result<Vec<Value>> {
         .args(["render", "-f"])
         .arg(&file)
         .args(["--pod-toleration", "kwok.x-k8s.io/node:NoSchedule"])
+        .args(["--cluster-issuer", BENCH_ISSUER])
         .output()
         .with_context(|| format!("running {} render", bin.display()));
     let _ = std::fs::remove_file(&file);

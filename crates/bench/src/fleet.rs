@@ -21,6 +21,9 @@ pub const SERVICES: [(&str, &str); 3] = [
     ("nextcloud", "bench-files"),
     ("sit", "bench-sit"),
 ];
+/// The ClusterIssuer of every host: each comune's hosts get certificates (the player reports
+/// them issued, on both paths).
+pub(crate) const BENCH_ISSUER: &str = "bench-ca";
 /// The service whose image changes in the last scenario.
 pub(crate) const ROLLED: &str = "bench-sito";
 pub(crate) const NEW_IMAGE: &str = "docker.io/library/wordpress:6.7.1-apache";
@@ -117,7 +120,13 @@ pub(crate) fn start_operator(
         cluster,
         &options.bin,
         "bench-operator",
-        &["--leader-election=false", "--concurrency", &concurrency],
+        &[
+            "--leader-election=false",
+            "--concurrency",
+            &concurrency,
+            "--cluster-issuer",
+            BENCH_ISSUER,
+        ],
     )
 }
 

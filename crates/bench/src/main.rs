@@ -189,6 +189,11 @@ pub(crate) fn service_manifest(
     value["spec"]["municipalities"] = json!({"selector": selector});
     // Benchmark data is not worth keeping.
     value["spec"]["reclaimPolicy"] = "Delete".into();
+    // Tenant Jobs run a few at a time by design (`tenantJobs.parallelism`) and measure the
+    // application they talk to, not the operator: the fleet goes without them.
+    if let Some(spec) = value["spec"].as_object_mut() {
+        spec.remove("tenantJobs");
+    }
     change(&mut value);
     Ok(value)
 }
