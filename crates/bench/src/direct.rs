@@ -212,6 +212,24 @@ impl Direct {
             .try_collect::<Vec<_>>()
             .await?;
         wait_namespaces_gone(client, self.namespaces.clone()).await?;
+        // What lives outside the comuni's namespaces (their backup Schedules, in Velero's) goes
+        // too: the next run, and the operator's cold start, make it again.
+        for (key, object, _) in self.rest.iter().filter(|(_, o, _)| {
+            o.namespace()
+                .is_some_and(|ns| !self.namespaces.contains(&ns))
+        }) {
+            let (resource, _) = &self.resources[key];
+            let ns = object.namespace().unwrap_or_default();
+            let api = Api::<DynamicObject>::namespaced_with(client.clone(), &ns, resource);
+            match api
+                .delete(&object.name_any(), &DeleteParams::background())
+                .await
+            {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => return Err(e).context("deleting the fleet's objects outside it"),
+            }
+        }
         Ok(elapsed)
     }
 

@@ -14,20 +14,19 @@ use consorzio_api::DataClassification;
 use consorzio_testkit::{Env, TIMEOUT, run, wait_for};
 use k8s_openapi::{ByteString, api::core::v1::Secret};
 use kube::{
-    Api,
+    Api, ResourceExt,
     api::{ApiResource, DynamicObject, ObjectMeta, PostParams},
 };
 use serde_json::{Value, json};
 use support::{Operator, apply_service, catalogue_service, comune, exclusive, onboard};
 
-fn resource(group: &str, version: &str, kind: &str, plural: &str) -> ApiResource {
-    ApiResource {
-        group: group.into(),
-        version: version.into(),
-        api_version: format!("{group}/{version}"),
-        kind: kind.into(),
-        plural: plural.into(),
-    }
+fn resource(
+    group: &'static str,
+    version: &'static str,
+    kind: &'static str,
+    plural: &'static str,
+) -> ApiResource {
+    consorzio::render::api_resource((group, version, kind, plural))
 }
 
 /// Waits for an object of `r` named `name` in `ns` passing `check`, and returns it.
@@ -109,13 +108,11 @@ async fn each_database_is_backed_up_to_the_platforms_store_with_keys_no_other_co
             .iter()
             .filter(|d| d["metadata"]["name"] == "consorzio-backup-credentials")
         {
-            let kind = doc["kind"].as_str().context("kind")?;
-            let r = resource(
-                "rbac.authorization.k8s.io",
-                "v1",
-                kind,
-                &format!("{}s", kind.to_lowercase()),
-            );
+            let (kind, plural) = match doc["kind"].as_str() {
+                Some("Role") => ("Role", "roles"),
+                _ => ("RoleBinding", "rolebindings"),
+            };
+            let r = resource("rbac.authorization.k8s.io", "v1", kind, plural);
             let obj: DynamicObject = serde_json::from_value(doc.clone())?;
             let api = Api::<DynamicObject>::namespaced_with(env.client(), keys_ns, &r);
             let _ = api
@@ -261,6 +258,52 @@ async fn each_database_is_backed_up_to_the_platforms_store_with_keys_no_other_co
             .get_opt(&format!("{files_name}-backup-credentials"))
             .await?;
         ensure!(c_copy.is_none(), "a key was copied into c's namespace");
+
+        // Restored (from a backup Velero completed): b's own PostgreSQL server is recovered as a
+        // new Cluster in the namespace restored into, beside nothing live, from its archive.
+        let velero = resource("velero.io", "v1", "Backup", "backups");
+        let velero_backups = Api::<DynamicObject>::namespaced_with(env.client(), "velero", &velero);
+        let taken = k8s_openapi::jiff::Timestamp::now();
+        for (comune, ns) in [(&a, format!("comune-{a}")), (&b, b_ns.clone())] {
+            let backup: DynamicObject = serde_json::from_value(json!({
+                "apiVersion": "velero.io/v1", "kind": "Backup",
+                "metadata": {"name": format!("{ns}-db-test"), "namespace": "velero", "labels": {"consorzio.io/municipality": comune}},
+                "spec": {"includedNamespaces": [ns]},
+                "status": {"phase": "Completed", "completionTimestamp": taken},
+            }))?;
+            velero_backups.create(&PostParams::default(), &backup).await?;
+        }
+        let config = consorzio::render::Config { backup_store: Some(store.clone()), ..Default::default() };
+        let into = format!("restore-{b}");
+        env.delete_later_dynamic(ApiResource::erase::<k8s_openapi::api::core::v1::Namespace>(&()), None, into.clone());
+        let request = consorzio::restore::Request { comune: b.clone(), into: Some(into.clone()), ..Default::default() };
+        let said = consorzio::restore::restore(&env.client(), &config, &request).await?;
+        ensure!(said.contains("recovered to"), "{said}");
+        let recovered = Api::<DynamicObject>::namespaced_with(env.client(), &into, &clusters).list(&Default::default()).await?.items;
+        let cluster = recovered.first().context("a recovery Cluster")?;
+        ensure!(cluster.data["spec"]["bootstrap"]["recovery"]["source"] == "origin", "{:?}", cluster.data);
+        ensure!(cluster.data["spec"]["externalClusters"][0]["plugin"]["parameters"]["barmanObjectName"] == json!(server), "{:?}", cluster.data);
+        ensure!(cluster.labels().is_empty(), "the operator would take it for its own");
+
+        // a's MariaDB database is on the service's server: beside (--into) it is not written
+        // over; with --overwrite, a Restore loads it from a's own dumps.
+        let request = consorzio::restore::Request { comune: a.clone(), into: Some(format!("restore-{a}")), ..Default::default() };
+        env.delete_later_dynamic(ApiResource::erase::<k8s_openapi::api::core::v1::Namespace>(&()), None, format!("restore-{a}"));
+        let said = consorzio::restore::restore(&env.client(), &config, &request).await?;
+        ensure!(said.contains("not restored, as that writes over its live data"), "{said}");
+        let restores = resource("k8s.mariadb.com", "v1alpha1", "Restore", "restores");
+        let mariadb_restores = Api::<DynamicObject>::namespaced_with(env.client(), &sito_ns, &restores);
+        ensure!(mariadb_restores.list(&Default::default()).await?.items.is_empty(), "written over without --overwrite");
+        let request = consorzio::restore::Request { comune: a.clone(), overwrite: true, ..Default::default() };
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await; // another Velero Restore name
+        consorzio::restore::restore(&env.client(), &config, &request).await?;
+        let made = mariadb_restores.list(&Default::default()).await?.items;
+        let loaded = made.first().context("a MariaDB Restore")?;
+        ensure!(loaded.data["spec"]["database"] == json!(format!("c_{}", a.replace('-', "_"))), "{:?}", loaded.data);
+        ensure!(loaded.data["spec"]["s3"]["prefix"] == dump["spec"]["storage"]["s3"]["prefix"], "{:?}", loaded.data);
+        for ns in [format!("comune-{a}"), b_ns.clone()] {
+            velero_backups.delete(&format!("{ns}-db-test"), &Default::default()).await?;
+        }
 
         for name in [
             "test-backup-keys".to_string(),

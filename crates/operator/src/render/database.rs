@@ -200,23 +200,29 @@ pub fn render_server(
                 "image": db.image(),
                 "storage": {"size": db.size},
                 "rootPasswordSecretKeyRef": {"name": format!("{name}-root"), "key": "password", "generate": true},
-                // Pod Security `restricted`, which mariadb-operator's defaults are not.
-                "podSecurityContext": {
-                    "runAsNonRoot": true, "runAsUser": 999, "runAsGroup": 999, "fsGroup": 999,
-                    "seccompProfile": {"type": "RuntimeDefault"},
-                },
-                "securityContext": {
-                    "allowPrivilegeEscalation": false,
-                    "capabilities": {"drop": ["ALL"]},
-                    "runAsNonRoot": true,
-                },
             });
+            // Pod Security `restricted`, which mariadb-operator's defaults are not.
+            mariadb_restricted(&mut spec);
             if let Some(resources) = resources {
                 spec["resources"] = resources;
             }
             Rendered::custom(kinds::MARIADB, &name, ns, labels, spec)
         }
     }
+}
+
+/// The pod and container security of a mariadb-operator object's pods (a server's, a dump's)
+/// under Pod Security `restricted`, as the MariaDB image's user (999) runs.
+pub fn mariadb_restricted(spec: &mut Value) {
+    spec["podSecurityContext"] = json!({
+        "runAsNonRoot": true, "runAsUser": 999, "runAsGroup": 999, "fsGroup": 999,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    });
+    spec["securityContext"] = json!({
+        "allowPrivilegeEscalation": false,
+        "capabilities": {"drop": ["ALL"]},
+        "runAsNonRoot": true,
+    });
 }
 
 /// The database of one instance on its server, and the user that owns it: that user can reach

@@ -25,7 +25,7 @@ use serde_json::{Value, json};
 
 use super::{
     Gvk, Rendered,
-    database::server_name,
+    database::{mariadb_restricted, server_name},
     network::{database_policy_name, tcp},
     service,
 };
@@ -227,17 +227,12 @@ pub fn render_mariadb_backup(
                 "tls": {"enabled": tls},
             }},
             "podMetadata": {"labels": {MARIADB_BACKUP_POD: server}},
-            "podSecurityContext": {
-                "runAsNonRoot": true, "runAsUser": 999, "runAsGroup": 999, "fsGroup": 999,
-                "seccompProfile": {"type": "RuntimeDefault"},
-            },
-            "securityContext": {
-                "allowPrivilegeEscalation": false,
-                "capabilities": {"drop": ["ALL"]},
-                "runAsNonRoot": true,
-            },
         }),
     )
+    .map(|mut r| {
+        mariadb_restricted(&mut r.object.data["spec"]);
+        r
+    })
 }
 
 /// The egress to the store of what backs up a database of `db`'s engine: the store's ranges

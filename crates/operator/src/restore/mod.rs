@@ -6,7 +6,10 @@
 //! (a comune deleted, a namespace lost) or with `--overwrite`; `--into` a new namespace beside
 //! it, outside the operator's (where it would take the copy's objects for a comune's), made
 //! here with Pod Security `restricted` and none of the comune's labels (no access to its
-//! services, no place in its network policies).
+//! services, no place in its network policies). Its databases come back from their own backups
+//! (`databases`), to the same time.
+
+mod databases;
 
 use std::collections::BTreeMap;
 
@@ -113,6 +116,18 @@ pub async fn restore(
          Follow it with: kubectl get restores.velero.io -n {velero} {name} -w",
         backup.name, backup.completed
     );
+    let recovery = databases::Recovery {
+        comune,
+        ns: &ns,
+        target: &target,
+        overwrite: request.overwrite,
+        at: request.at.unwrap_or(backup.completed),
+        stamp: Timestamp::now().strftime("%d%H%M%S").to_string(),
+    };
+    for line in databases::recover(client, &recovery).await? {
+        said.push('\n');
+        said.push_str(&line);
+    }
     if live && request.into.is_none() {
         said.push_str(
             "\nVelero 1.18 restores a volume's data only into a claim it makes: the comune's \
