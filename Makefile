@@ -29,8 +29,8 @@ run: cluster-up
 	  echo "  kubectl get all,quota,netpol,rolebinding -n comune-lugano" && \
 	  echo "  curl -s http://$(METRICS_ADDR)/metrics | grep ^consorzio_" && \
 	  echo "  kubectl get certificates.cert-manager.io -A   # a certificate for every host" && \
-	  echo "(CloudNativePG, mariadb-operator and cert-manager cannot run here: target/debug/play-operators sets their" && \
-	  echo " objects' status as they would, as kwok plays the kubelet)" && \
+	  echo "(cert-manager's controllers run in the local control plane; CloudNativePG and mariadb-operator cannot:" && \
+	  echo " target/debug/play-operators sets their objects' status as they would, as kwok plays the kubelet)" && \
 	  echo && \
 	  { target/debug/play-operators & player=$$!; trap 'kill $$player' EXIT; \
 	    KUBECONFIG=target/cluster/operator-kubeconfig target/debug/consorzio run --metrics-addr $(METRICS_ADDR) --pod-toleration kwok.x-k8s.io/node:NoSchedule \

@@ -13,7 +13,7 @@ dir="$(cd "$dir" && pwd)"
 kcp="$dir/bin/kcp"
 kubectl="$dir/bin/kubectl"
 export KUBECONFIG="$dir/kubeconfig"
-components=(kwok kube-scheduler kube-controller-manager kube-apiserver etcd)
+components=(cert-manager kwok kube-scheduler kube-controller-manager kube-apiserver etcd)
 
 die() {
   echo "tests/cluster: $*" >&2
@@ -66,7 +66,7 @@ stop_components() {
 }
 
 stop_all() {
-  stop_components kwok kube-scheduler kube-controller-manager kube-apiserver
+  stop_components cert-manager kwok kube-scheduler kube-controller-manager kube-apiserver
   stop_components etcd
 }
 
@@ -164,6 +164,8 @@ build_all() {
   ln -sf kcp "$dir/bin/kubectl"
   build kwok "$KWOK_VERSION" env GOBIN="$dir/bin" go install -trimpath "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
   build helm "$HELM_VERSION" env GOBIN="$dir/bin" go install -trimpath "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+  stamp="$(cat "$here/cert-manager/go.mod" "$here/cert-manager/go.sum" "$here/cert-manager/main.go" | sha256sum | cut -c1-16) $(go env GOVERSION 2>/dev/null || echo none)"
+  build cert-manager "$stamp" bash -c 'cd "$1" && go build -trimpath -o "$2" .' _ "$here/cert-manager" "$dir/bin/cert-manager"
 }
 
 generate_pki() {
@@ -241,6 +243,10 @@ install_operator_crds() {
     for f in $files; do args+=(-f "$mod_dir/$f"); done
   done <"$here/operators.txt"
   "$kubectl" apply --server-side --force-conflicts "${args[@]}" >/dev/null
+  "$kubectl" wait --for=condition=Established --timeout=30s crd/certificates.cert-manager.io \
+    crd/clusterissuers.cert-manager.io >/dev/null
+  # The rig's CA, which cert-manager's controller (started by up) issues.
+  "$kubectl" apply --server-side --force-conflicts -f "$here/issuers.yaml" >/dev/null
 }
 
 install_platform() {

@@ -21,8 +21,8 @@ pub const SERVICES: [(&str, &str); 3] = [
     ("nextcloud", "bench-files"),
     ("sit", "bench-sit"),
 ];
-/// The ClusterIssuer of every host: each comune's hosts get certificates (the player reports
-/// them issued, on both paths).
+/// The ClusterIssuer of every host: each comune's hosts get certificates (issued by the rig's
+/// cert-manager, on both paths; tests/cluster/issuers.yaml).
 pub(crate) const BENCH_ISSUER: &str = "bench-ca";
 /// The service whose image changes in the last scenario.
 pub(crate) const ROLLED: &str = "bench-sito";

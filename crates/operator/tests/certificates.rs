@@ -1,17 +1,25 @@
-//! TLS through cert-manager's own resource, against its real CRD (installed by tests/cluster): a
-//! `Certificate` for every instance's host, whose Secret the Ingress serves; its readiness and
-//! expiry, as cert-manager reports them (played by `OperatorPlayer`, as kwok plays the
-//! kubelet's), in each comune's status and in `consorzio_certificate_expiry_seconds`.
+//! TLS through cert-manager's own resource, against its real CRD and its real controllers (both
+//! from its Go module, run by tests/cluster): a `Certificate` for every instance's host, issued
+//! by the rig's CA into the Secret the Ingress serves; its readiness and expiry, as cert-manager
+//! reports them, in each comune's status and in `consorzio_certificate_expiry_seconds`.
 
 mod support;
 
-use std::time::Duration;
+use std::{
+    io::Write as _,
+    process::{Command, Stdio},
+    time::Duration,
+};
 
 use anyhow::{Context as _, ensure};
 use consorzio_api::Municipality;
 use consorzio_testkit::{Env, TIMEOUT, run, wait_for, wait_gone};
 use k8s_openapi::{
-    api::{apps::v1::Deployment, core::v1::ConfigMap, networking::v1::Ingress},
+    api::{
+        apps::v1::Deployment,
+        core::v1::{ConfigMap, Secret},
+        networking::v1::Ingress,
+    },
     apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
 };
 use kube::{
@@ -70,6 +78,39 @@ async fn served(env: &Env, ns: &str, name: &str) -> anyhow::Result<(String, Opti
         ensure!(tls.hosts.as_deref() == Some(&[host.clone()][..]), "{tls:?}");
     }
     Ok((host, tls.first().and_then(|t| t.secret_name.clone())))
+}
+
+/// What `openssl x509` says of the certificate cert-manager wrote into Secret `ns/name`: its
+/// names, issuer and end (`-ext subjectAltName -issuer -enddate`).
+async fn issued(env: &Env, ns: &str, name: &str) -> anyhow::Result<String> {
+    let secrets = env.api::<Secret>(ns);
+    let secret = wait_for(&format!("Secret {ns}/{name}"), TIMEOUT, || async {
+        Ok(secrets.get(name).await?)
+    })
+    .await?;
+    let pem = secret
+        .data
+        .unwrap_or_default()
+        .remove("tls.crt")
+        .context("tls.crt")?;
+    let mut openssl = Command::new("openssl")
+        .args([
+            "x509",
+            "-noout",
+            "-ext",
+            "subjectAltName",
+            "-issuer",
+            "-enddate",
+        ])
+        .args(["-dateopt", "iso_8601"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("openssl (tests/cluster needs it too)")?;
+    openssl.stdin.take().context("stdin")?.write_all(&pem.0)?;
+    let out = openssl.wait_with_output()?;
+    ensure!(out.status.success(), "openssl x509 failed on {ns}/{name}");
+    Ok(String::from_utf8(out.stdout)?)
 }
 
 /// The certificate in the comune's entry for `service`, once it says ready.
@@ -163,11 +204,32 @@ async fn every_host_gets_a_certificate_its_ingress_serves_and_status_shows_its_e
         let url = settings.data.unwrap_or_default()["CONSORZIO_URL"].clone();
         ensure!(url.starts_with("https://"), "{url}");
 
-        // Issued (as cert-manager reports it): each comune's status shows it, with its expiry,
-        // and so does the metric (90 days, as the player's certificates last).
-        for (comune, service) in [(&a, &sito_name), (&b, &sito_name), (&a, &sit_name)] {
+        // Issued by cert-manager: a real certificate for the comune's host, signed by the rig's
+        // CA; each comune's status shows it, with its expiry, and so does the metric (90 days,
+        // cert-manager's default life).
+        for (comune, ns, service) in [
+            (&a, &a_ns, &sito_name),
+            (&b, &b_ns, &sito_name),
+            (&a, &sit_ns, &sit_name),
+        ] {
             let cert = ready_in_status(&env, comune, service).await?;
-            ensure!(cert["notAfter"].is_string(), "{cert}");
+            let (host, _) = served(&env, ns, service).await?;
+            let x509 = issued(&env, ns, &format!("{service}-tls")).await?;
+            ensure!(
+                x509.lines().any(|l| l.trim() == format!("DNS:{host}")),
+                "{ns}: not for {host}: {x509}"
+            );
+            ensure!(x509.contains("CN = consorzio-rig-ca"), "{x509}");
+            let not_after = cert["notAfter"].as_str().context("notAfter")?;
+            let end = x509
+                .lines()
+                .find_map(|l| l.strip_prefix("notAfter="))
+                .context("enddate")?;
+            // The status's end is the certificate's ("2027-03-01 05:16:36Z" in openssl's words).
+            ensure!(
+                end.replace(' ', "T") == not_after,
+                "status {not_after}, certificate {end}"
+            );
             let seconds = wait_for("the expiry metric", TIMEOUT, || async {
                 expiry(&op, comune, service).context("not exported yet")
             })

@@ -1,7 +1,7 @@
-//! Plays the operators whose resources consorzio emits (CloudNativePG, mariadb-operator,
-//! cert-manager) as kwok plays the kubelet: their controllers cannot run here (no container
-//! runtime), so this sets the status of their objects as each project documents it, once what
-//! the object needs exists.
+//! Plays the database operators whose resources consorzio emits (CloudNativePG,
+//! mariadb-operator) as kwok plays the kubelet: their controllers cannot run here (they run
+//! database pods, and there is no container runtime), so this sets the status of their objects
+//! as each project documents it, once what the object needs exists.
 //!
 //! - CloudNativePG `Cluster`: `phase: Cluster in healthy state`, condition `Ready`
 //!   (`ClusterIsReady`), `readyInstances`.
@@ -10,10 +10,9 @@
 //!   `Database`: `applied: true` once its owner exists (the server's initdb owner, or a role).
 //! - mariadb-operator `MariaDB`, `Database`, `User`, `Grant`: condition `Ready` (`Created`), a
 //!   `User` once its password Secret has the key it names.
-//! - cert-manager `Certificate`: condition `Ready` (`Ready`, "Certificate is up to date and has
-//!   not expired"), `notBefore`, `notAfter` 90 days later, `renewalTime` at two thirds of that,
-//!   `revision: 1`, as a 90-day certificate from an ACME or CA issuer. Its Secret is not made:
-//!   the operator never reads it.
+//!
+//! cert-manager is not played: its own controllers run in the rig (tests/cluster/cert-manager),
+//! issuing real certificates from the rig's CA.
 //!
 //! Services whose objects a test wants held back (to see what waits for a database) are listed
 //! with [`OperatorPlayer::hold`].
@@ -42,7 +41,6 @@ const KINDS: &[(&str, &str, &str, &str)] = &[
     ("k8s.mariadb.com", "v1alpha1", "User", "users"),
     ("k8s.mariadb.com", "v1alpha1", "Database", "databases"),
     ("k8s.mariadb.com", "v1alpha1", "Grant", "grants"),
-    ("cert-manager.io", "v1", "Certificate", "certificates"),
 ];
 
 /// The label naming an object's SharedService.
@@ -165,29 +163,6 @@ async fn report(client: &Client, resource: &ApiResource, obj: &DynamicObject) {
         .await;
 }
 
-/// A certificate's status once cert-manager issued it: valid for 90 days from its issue (kept
-/// from the last report), renewed at two thirds of that.
-fn issued(obj: &DynamicObject) -> Value {
-    let status = &obj.data["status"];
-    let since = status["notBefore"]
-        .as_str()
-        .and_then(|t| t.parse::<Timestamp>().ok())
-        .unwrap_or_else(|| {
-            Timestamp::from_second(Timestamp::now().as_second()).unwrap_or_default()
-        });
-    let day = k8s_openapi::jiff::SignedDuration::from_hours(24);
-    json!({
-        "conditions": [{"type": "Ready", "status": "True", "reason": "Ready",
-            "message": "Certificate is up to date and has not expired",
-            "lastTransitionTime": since.to_string(),
-            "observedGeneration": obj.metadata.generation}],
-        "notBefore": since.to_string(),
-        "notAfter": (since + day * 90).to_string(),
-        "renewalTime": (since + day * 60).to_string(),
-        "revision": 1,
-    })
-}
-
 /// The status the operator of `kind` would report for `obj`, when it reports one.
 async fn status_of(client: &Client, kind: &str, obj: &DynamicObject) -> Option<Value> {
     let spec = obj.data.get("spec")?;
@@ -200,9 +175,6 @@ async fn status_of(client: &Client, kind: &str, obj: &DynamicObject) -> Option<V
         .map(|t| t.api_version.as_str())
         .unwrap_or_default();
     let cnpg = group.starts_with("postgresql.cnpg.io");
-    if group.starts_with("cert-manager.io") {
-        return Some(issued(obj));
-    }
     let ready = |reason: &str| {
         // Kept from the last report, so an unchanged status is not written again.
         let since = obj.data["status"]["conditions"][0]["lastTransitionTime"]
