@@ -12,6 +12,7 @@ use std::{
 };
 
 use anyhow::{Context as _, ensure};
+use consorzio::render::{api_resource, certificate::CERTIFICATE};
 use consorzio_api::Municipality;
 use consorzio_testkit::{Env, TIMEOUT, run, wait_for, wait_gone};
 use k8s_openapi::{
@@ -33,13 +34,7 @@ use support::{
 };
 
 fn certificates() -> ApiResource {
-    ApiResource {
-        group: "cert-manager.io".into(),
-        version: "v1".into(),
-        api_version: "cert-manager.io/v1".into(),
-        kind: "Certificate".into(),
-        plural: "certificates".into(),
-    }
+    api_resource(CERTIFICATE)
 }
 
 /// The service's Certificate in `ns`, once made.

@@ -10,7 +10,7 @@ use anyhow::{Context as _, bail, ensure};
 use consorzio::server::{self, Health};
 use consorzio_testkit::{Env, run};
 use serde_json::{Value, json};
-use support::chart::{CHART, EVERY_TOGGLE, helm, kinds, read, strings, template};
+use support::chart::{CHART, EVERY_TOGGLE, helm, kinds, operator_roles, read, strings, template};
 use support::{
     Operator, apply_service, catalogue_service, comune, onboard, remove_service, wait_status,
 };
@@ -186,14 +186,7 @@ fn grants(role: &Value) -> anyhow::Result<BTreeMap<(String, String), BTreeSet<St
 #[test]
 fn operator_role_grants_exactly_what_the_declared_kinds_need() -> anyhow::Result<()> {
     let docs = template("consorzio", "consorzio", &[])?;
-    let role = docs
-        .iter()
-        .find(|d| d["kind"] == "ClusterRole" && d["metadata"]["name"] == "consorzio-operator")
-        .context("the operator's ClusterRole")?;
-    let backups = docs
-        .iter()
-        .find(|d| d["kind"] == "Role" && d["metadata"]["name"] == "consorzio-backups")
-        .context("the operator's Role in Velero's namespace")?;
+    let (role, backups) = operator_roles(&docs)?;
     ensure!(backups["metadata"]["namespace"] == "velero", "{backups}");
     let mut granted = grants(role)?;
     let mut in_velero = grants(backups)?;

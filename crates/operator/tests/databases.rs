@@ -9,6 +9,7 @@ mod support;
 use std::{collections::BTreeMap, time::Duration};
 
 use anyhow::{Context as _, bail, ensure};
+use consorzio::render::api_resource;
 use consorzio_api::{DataClassification, Municipality, SharedService};
 use consorzio_testkit::{Env, TIMEOUT, netpol, run, wait_for};
 use k8s_openapi::{
@@ -27,22 +28,12 @@ use support::{
     Operator, apply_service, catalogue_service, comune, exclusive, onboard, wait_status,
 };
 
-fn resource(group: &str, version: &str, kind: &str, plural: &str) -> ApiResource {
-    ApiResource {
-        group: group.into(),
-        version: version.into(),
-        api_version: format!("{group}/{version}"),
-        kind: kind.into(),
-        plural: plural.into(),
-    }
+fn mariadb(kind: &'static str, plural: &'static str) -> ApiResource {
+    api_resource(("k8s.mariadb.com", "v1alpha1", kind, plural))
 }
 
-fn mariadb(kind: &str, plural: &str) -> ApiResource {
-    resource("k8s.mariadb.com", "v1alpha1", kind, plural)
-}
-
-fn cnpg(kind: &str, plural: &str) -> ApiResource {
-    resource("postgresql.cnpg.io", "v1", kind, plural)
+fn cnpg(kind: &'static str, plural: &'static str) -> ApiResource {
+    api_resource(("postgresql.cnpg.io", "v1", kind, plural))
 }
 
 /// Waits for an object of `r` named `name` in `ns`, and returns it.

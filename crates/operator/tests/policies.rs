@@ -6,7 +6,7 @@ mod support;
 use std::collections::BTreeSet;
 
 use anyhow::{Context as _, ensure};
-use support::chart::{strings, template};
+use support::chart::{operator_roles, strings, template};
 
 /// The admission policies cover every kind the operator may write, and nothing else: the operator
 /// guard confines each of its writes; the label guard keeps everyone else from forging what the
@@ -14,15 +14,8 @@ use support::chart::{strings, template};
 #[test]
 fn admission_policies_cover_every_kind_the_operator_writes() -> anyhow::Result<()> {
     let docs = template("consorzio", "consorzio", &[])?;
-    let role = docs
-        .iter()
-        .find(|d| d["kind"] == "ClusterRole" && d["metadata"]["name"] == "consorzio-operator")
-        .context("the operator's ClusterRole")?;
     // And the Role in Velero's namespace (backup Schedules).
-    let backups = docs
-        .iter()
-        .find(|d| d["kind"] == "Role" && d["metadata"]["name"] == "consorzio-backups")
-        .context("the operator's Role in Velero's namespace")?;
+    let (role, backups) = operator_roles(&docs)?;
     let rules = role["rules"].as_array().context("rules")?;
     let more = backups["rules"].as_array().context("rules")?;
     let mut written = BTreeSet::new();

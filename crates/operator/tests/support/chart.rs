@@ -41,6 +41,20 @@ pub fn template(release: &str, namespace: &str, extra: &[&str]) -> anyhow::Resul
     yaml_documents(&helm(&args)?)
 }
 
+/// The operator's ClusterRole and its Role in Velero's namespace (backup Schedules), as the
+/// chart's default release renders them.
+pub fn operator_roles(docs: &[Value]) -> anyhow::Result<(&Value, &Value)> {
+    let named = |kind: &str, name: &str| {
+        docs.iter()
+            .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+            .with_context(|| format!("the chart's {kind} {name}"))
+    };
+    Ok((
+        named("ClusterRole", "consorzio-operator")?,
+        named("Role", "consorzio-backups")?,
+    ))
+}
+
 pub fn kinds(docs: &[Value]) -> BTreeSet<String> {
     docs.iter()
         .filter_map(|d| d["kind"].as_str().map(str::to_string))
