@@ -28,7 +28,8 @@ run: cluster-up
 	  echo "  kubectl get clusters.postgresql.cnpg.io,mariadbs.k8s.mariadb.com -A   # their databases" && \
 	  echo "  kubectl get all,quota,netpol,rolebinding -n comune-lugano" && \
 	  echo "  curl -s http://$(METRICS_ADDR)/metrics | grep ^consorzio_" && \
-	  echo "  kubectl get certificates.cert-manager.io -A   # a certificate for every host" && \
+	  echo "  kubectl get certificates.cert-manager.io -A   # a certificate for every host (the Ticino cities'" && \
+	  echo "      nextcloud names their ACME issuer, not here: those stay not ready, as their entries say)" && \
 	  echo "(cert-manager's controllers run in the local control plane; CloudNativePG and mariadb-operator cannot:" && \
 	  echo " target/debug/play-operators sets their objects' status as they would, as kwok plays the kubelet)" && \
 	  echo && \
