@@ -11,6 +11,7 @@ mod app;
 mod common;
 mod database;
 mod municipality;
+mod municipality_status;
 mod shared_service;
 mod tenant;
 
@@ -18,6 +19,7 @@ pub use app::*;
 pub use common::{Condition, conditions_schema};
 pub use database::*;
 pub use municipality::*;
+pub use municipality_status::*;
 pub use shared_service::*;
 pub use tenant::*;
 

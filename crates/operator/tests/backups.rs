@@ -5,34 +5,30 @@
 mod support;
 
 use anyhow::{Context as _, ensure};
-use consorzio::restore::{Request, restore};
+use consorzio::{
+    render::{
+        api_resource,
+        backup::{VELERO_BACKUP, VELERO_RESTORE, VELERO_SCHEDULE},
+    },
+    restore::{Request, restore},
+};
 use consorzio_api::DataClassification;
 use consorzio_testkit::{Env, TIMEOUT, run, wait_for};
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::{
     Api,
-    api::{ApiResource, DynamicObject, PostParams},
+    api::{DynamicObject, PostParams},
 };
 use serde_json::{Value, json};
-use support::{Operator, comune, exclusive, onboard, remove};
-
-fn velero(kind: &str, plural: &str) -> ApiResource {
-    ApiResource {
-        group: "velero.io".into(),
-        version: "v1".into(),
-        api_version: "velero.io/v1".into(),
-        kind: kind.into(),
-        plural: plural.into(),
-    }
-}
+use support::{Operator, classified, comune, exclusive, onboard, remove};
 
 /// The Schedule named `name` in Velero's namespace, once it passes `check`.
 async fn schedule(env: &Env, name: &str, check: impl Fn(&Value) -> bool) -> anyhow::Result<Value> {
     let api = Api::<DynamicObject>::namespaced_with(
         env.client(),
         "velero",
-        &velero("Schedule", "schedules"),
+        &api_resource(VELERO_SCHEDULE),
     );
     wait_for(&format!("Schedule velero/{name}"), TIMEOUT, || async {
         let s = serde_json::to_value(api.get(name).await?)?;
@@ -47,10 +43,8 @@ async fn each_comune_is_backed_up_as_its_classification_says_and_its_backups_out
     let _one = exclusive().await;
     run(|env: Env| async move {
         let op = Operator::start(&env).await?;
-        let mut critical = comune();
-        critical.spec.data_classification = DataClassification::Critical;
         let (a, a_ns) = onboard(&env, &comune()).await?;
-        let (b, b_ns) = onboard(&env, &critical).await?;
+        let (b, b_ns) = onboard(&env, &classified(DataClassification::Critical)).await?;
 
         // Accepted by Velero's schema, of the comune's namespace and volumes, owning nothing.
         let daily = schedule(&env, &a_ns, |_| true).await?;
@@ -85,7 +79,7 @@ async fn each_comune_is_backed_up_as_its_classification_says_and_its_backups_out
 
         // A backup Velero made of b (as Velero records it: no owner, the template's labels)
         // outlives b, which goes keeping its data: its Schedule goes, no more backups are taken.
-        let backups = Api::<DynamicObject>::namespaced_with(env.client(), "velero", &velero("Backup", "backups"));
+        let backups = Api::<DynamicObject>::namespaced_with(env.client(), "velero", &api_resource(VELERO_BACKUP));
         let backup_name = format!("{b_ns}-20261130020000");
         let backup: DynamicObject = serde_json::from_value(json!({
             "apiVersion": "velero.io/v1", "kind": "Backup",
@@ -97,7 +91,7 @@ async fn each_comune_is_backed_up_as_its_classification_says_and_its_backups_out
         }))?;
         backups.create(&PostParams::default(), &backup).await?;
         remove(&env, &b).await?;
-        let schedules = Api::<DynamicObject>::namespaced_with(env.client(), "velero", &velero("Schedule", "schedules"));
+        let schedules = Api::<DynamicObject>::namespaced_with(env.client(), "velero", &api_resource(VELERO_SCHEDULE));
         wait_for("b's Schedule gone", TIMEOUT, || async {
             ensure!(schedules.get_opt(&b_ns).await?.is_none(), "still there");
             Ok(())
@@ -174,14 +168,12 @@ async fn the_newest_successful_backup_shows_in_status_and_metrics_and_an_old_one
     let _one = exclusive().await;
     run(|env: Env| async move {
         let op = Operator::start(&env).await?;
-        let mut critical = comune();
-        critical.spec.data_classification = DataClassification::Critical;
         let (a, a_ns) = onboard(&env, &comune()).await?;
-        let (b, b_ns) = onboard(&env, &critical).await?;
+        let (b, b_ns) = onboard(&env, &classified(DataClassification::Critical)).await?;
         let backups = Api::<DynamicObject>::namespaced_with(
             env.client(),
             "velero",
-            &velero("Backup", "backups"),
+            &api_resource(VELERO_BACKUP),
         );
         let now = Timestamp::now();
 
@@ -311,12 +303,12 @@ async fn restore_makes_a_velero_restore_and_overwrites_nothing_live_unless_asked
         let backups = Api::<DynamicObject>::namespaced_with(
             env.client(),
             "velero",
-            &velero("Backup", "backups"),
+            &api_resource(VELERO_BACKUP),
         );
         let restores = Api::<DynamicObject>::namespaced_with(
             env.client(),
             "velero",
-            &velero("Restore", "restores"),
+            &api_resource(VELERO_RESTORE),
         );
         let now = Timestamp::now();
         let (old, new) = (format!("{a_ns}-old"), format!("{a_ns}-new"));

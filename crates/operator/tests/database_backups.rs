@@ -9,7 +9,7 @@
 mod support;
 
 use anyhow::{Context as _, ensure};
-use consorzio::render::database_backup::BackupStore;
+use consorzio::render::{api_resource, database_backup::BackupStore};
 use consorzio_api::DataClassification;
 use consorzio_testkit::{Env, TIMEOUT, run, wait_for};
 use k8s_openapi::{ByteString, api::core::v1::Secret};
@@ -18,16 +18,7 @@ use kube::{
     api::{ApiResource, DynamicObject, ObjectMeta, PostParams},
 };
 use serde_json::{Value, json};
-use support::{Operator, apply_service, catalogue_service, comune, exclusive, onboard};
-
-fn resource(
-    group: &'static str,
-    version: &'static str,
-    kind: &'static str,
-    plural: &'static str,
-) -> ApiResource {
-    consorzio::render::api_resource((group, version, kind, plural))
-}
+use support::{Operator, apply_service, catalogue_service, classified, comune, exclusive, onboard};
 
 /// Waits for an object of `r` named `name` in `ns` passing `check`, and returns it.
 async fn object(
@@ -112,7 +103,7 @@ async fn each_database_is_backed_up_to_the_platforms_store_with_keys_no_other_co
                 Some("Role") => ("Role", "roles"),
                 _ => ("RoleBinding", "rolebindings"),
             };
-            let r = resource("rbac.authorization.k8s.io", "v1", kind, plural);
+            let r = api_resource(("rbac.authorization.k8s.io", "v1", kind, plural));
             let obj: DynamicObject = serde_json::from_value(doc.clone())?;
             let api = Api::<DynamicObject>::namespaced_with(env.client(), keys_ns, &r);
             let _ = api
@@ -125,13 +116,9 @@ async fn each_database_is_backed_up_to_the_platforms_store_with_keys_no_other_co
         let op =
             Operator::start_configured(&env, client, move |c| c.backup_store = Some(configured))
                 .await?;
-        let mut critical = comune();
-        critical.spec.data_classification = DataClassification::Critical;
-        let mut keyless = comune();
-        keyless.spec.data_classification = DataClassification::Critical;
         let (a, _) = onboard(&env, &comune()).await?;
-        let (b, b_ns) = onboard(&env, &critical).await?;
-        let (c, _) = onboard(&env, &keyless).await?;
+        let (b, b_ns) = onboard(&env, &classified(DataClassification::Critical)).await?;
+        let (c, _) = onboard(&env, &classified(DataClassification::Critical)).await?;
         keys(&env, keys_ns, &format!("test-backup-keys-{b}"), "only-b").await?;
 
         let files = catalogue_service("nextcloud", json!({"names": [a, b, c]}))?;
@@ -150,14 +137,14 @@ async fn each_database_is_backed_up_to_the_platforms_store_with_keys_no_other_co
 
         // PostgreSQL: the ordinary comuni's shared server and b's own archive, each under its
         // namespace, b's on its critical policy (four times a day, 90 days), through the plugin.
-        let stores = resource("barmancloud.cnpg.io", "v1", "ObjectStore", "objectstores");
-        let schedules = resource(
+        let stores = api_resource(("barmancloud.cnpg.io", "v1", "ObjectStore", "objectstores"));
+        let schedules = api_resource((
             "postgresql.cnpg.io",
             "v1",
             "ScheduledBackup",
             "scheduledbackups",
-        );
-        let clusters = resource("postgresql.cnpg.io", "v1", "Cluster", "clusters");
+        ));
+        let clusters = api_resource(("postgresql.cnpg.io", "v1", "Cluster", "clusters"));
         for (ns, days) in [(&files_ns, "30d"), (&b_ns, "90d")] {
             let o = object(&env, &stores, ns, &server, |_| true).await?;
             let conf = &o["spec"]["configuration"];
@@ -198,12 +185,12 @@ async fn each_database_is_backed_up_to_the_platforms_store_with_keys_no_other_co
         // Its server reaches the store on its port, within its ranges.
         let policy = object(
             &env,
-            &resource(
+            &api_resource((
                 "networking.k8s.io",
                 "v1",
                 "NetworkPolicy",
                 "networkpolicies",
-            ),
+            )),
             &b_ns,
             &format!("consorzio-database-{files_name}"),
             |_| true,
@@ -222,7 +209,7 @@ async fn each_database_is_backed_up_to_the_platforms_store_with_keys_no_other_co
         ensure!(copied_key(&env, &b_ns, &files_name).await? == "only-b");
 
         // MariaDB: a's database on the service's server is dumped under its own prefix.
-        let backups = resource("k8s.mariadb.com", "v1alpha1", "Backup", "backups");
+        let backups = api_resource(("k8s.mariadb.com", "v1alpha1", "Backup", "backups"));
         let dump = object(&env, &backups, &sito_ns, &a, |_| true).await?;
         ensure!(
             dump["spec"]["storage"]["s3"]["prefix"]
@@ -261,7 +248,7 @@ async fn each_database_is_backed_up_to_the_platforms_store_with_keys_no_other_co
 
         // Restored (from a backup Velero completed): b's own PostgreSQL server is recovered as a
         // new Cluster in the namespace restored into, beside nothing live, from its archive.
-        let velero = resource("velero.io", "v1", "Backup", "backups");
+        let velero = api_resource(("velero.io", "v1", "Backup", "backups"));
         let velero_backups = Api::<DynamicObject>::namespaced_with(env.client(), "velero", &velero);
         let taken = k8s_openapi::jiff::Timestamp::now();
         for (comune, ns) in [(&a, format!("comune-{a}")), (&b, b_ns.clone())] {
@@ -291,7 +278,7 @@ async fn each_database_is_backed_up_to_the_platforms_store_with_keys_no_other_co
         env.delete_later_dynamic(ApiResource::erase::<k8s_openapi::api::core::v1::Namespace>(&()), None, format!("restore-{a}"));
         let said = consorzio::restore::restore(&env.client(), &config, &request).await?;
         ensure!(said.contains("not restored, as that writes over its live data"), "{said}");
-        let restores = resource("k8s.mariadb.com", "v1alpha1", "Restore", "restores");
+        let restores = api_resource(("k8s.mariadb.com", "v1alpha1", "Restore", "restores"));
         let mariadb_restores = Api::<DynamicObject>::namespaced_with(env.client(), &sito_ns, &restores);
         ensure!(mariadb_restores.list(&Default::default()).await?.items.is_empty(), "written over without --overwrite");
         let request = consorzio::restore::Request { comune: a.clone(), overwrite: true, ..Default::default() };

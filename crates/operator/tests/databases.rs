@@ -25,7 +25,7 @@ use kube::{
 };
 use serde_json::{Value, json};
 use support::{
-    Operator, apply_service, catalogue_service, comune, exclusive, onboard, wait_status,
+    Operator, apply_service, catalogue_service, classified, comune, exclusive, onboard, wait_status,
 };
 
 fn mariadb(kind: &'static str, plural: &'static str) -> ApiResource {
@@ -99,8 +99,7 @@ async fn wordpress_and_nextcloud_get_their_databases_where_their_data_classifica
     run(|env: Env| async move {
         let op = Operator::start(&env).await?;
         let mut ordinary = comune();
-        let mut critical = comune();
-        critical.spec.data_classification = DataClassification::Critical;
+        let mut critical = classified(DataClassification::Critical);
         // Room for a Nextcloud (100 GiB, 2 CPUs) beside a website.
         for m in [&mut ordinary, &mut critical] {
             m.spec.quota.cpu = Quantity("16".into());

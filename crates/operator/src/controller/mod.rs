@@ -25,6 +25,7 @@ mod compare;
 mod conditions;
 mod entries;
 mod error;
+mod index;
 pub mod kinds;
 mod municipality;
 mod namespace;

@@ -12,7 +12,7 @@ use consorzio::{
     metrics::Metrics,
     render::Config,
 };
-use consorzio_api::{Municipality, SharedService, SharedServiceStatus};
+use consorzio_api::{DataClassification, Municipality, SharedService, SharedServiceStatus};
 use consorzio_testkit::{
     Env, OperatorPlayer, TIMEOUT, example_manifests, install_crds, install_platform, unique_name,
     wait_for, wait_gone,
@@ -172,6 +172,13 @@ spec:
 "#
     ))
     .expect("fixture parses")
+}
+
+/// A [`comune`] whose data is of `class`.
+pub fn classified(class: DataClassification) -> Municipality {
+    let mut m = comune();
+    m.spec.data_classification = class;
+    m
 }
 
 /// Applies a Municipality (server-side, as a user would) and registers it and its namespace
