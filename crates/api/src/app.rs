@@ -1,11 +1,16 @@
 //! A SharedService's application: its container, settings, volumes and the processes beside it.
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::{
     api::core::v1::ResourceRequirements, apimachinery::pkg::api::resource::Quantity,
 };
 use kube::KubeSchema;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+
+/// CEL: `self` is an image with a tag other than latest, or a digest (a sidecar's, a tenant Job's).
+pub(crate) const PINNED_IMAGE_RULE: &str = "self.matches('^[^\\\\s@]+(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}|@sha256:[a-f0-9]{64})$') && !self.endsWith(':latest')";
 
 /// CEL: every `{{ … }}` in `self` is one of [`crate::PLACEHOLDERS`] (one regular expression, so
 /// its cost stays linear in the length of the text). Kept in sync by a unit test.
@@ -300,8 +305,9 @@ pub struct AppSecurityContext {
     pub fs_group: Option<i64>,
 }
 
-/// A process beside the application.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+/// A process beside the application, in its pod: it shares the pod's network (localhost),
+/// user and volumes.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 pub struct Sidecar {
     /// The container's name.
     #[schemars(
@@ -309,12 +315,40 @@ pub struct Sidecar {
         regex(pattern = "^[a-z]([-a-z0-9]*[a-z0-9])?$")
     )]
     pub name: String,
+    /// Another program's image (e.g. a search index or a cache the application needs on
+    /// localhost), with a tag or a digest. Unset: the application's image, with its settings and
+    /// secrets. With an image of its own it gets neither: only its `env`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(
+        validation = Rule::new(PINNED_IMAGE_RULE)
+            .message("sidecars[].image must carry a tag other than latest, or a digest")
+    )]
+    #[schemars(length(min = 1, max = 512))]
+    pub image: Option<String>,
     /// What it runs, e.g. ["sh", "-c", "while true; do php -f cron.php; sleep 300; done"].
     #[schemars(length(min = 1, max = 32))]
     pub command: Vec<String>,
+    /// Literal environment variables of its own, e.g. {"SOLR_JETTY_HOST": "127.0.0.1"}.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "sidecar_env_schema")]
+    pub env: BTreeMap<String, String>,
     /// Its CPU and memory; the namespace's defaults when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+}
+
+/// A sidecar's env: at most 32 literal values (bounded, so that the API server can cost the rule).
+fn sidecar_env_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "description": "Literal environment variables of its own, e.g. {\"SOLR_JETTY_HOST\": \"127.0.0.1\"}.",
+        "type": "object",
+        "maxProperties": 32,
+        "additionalProperties": {"type": "string", "maxLength": 4096},
+        "x-kubernetes-validations": [{
+            "rule": "self.all(k, !self[k].contains('{{'))",
+            "message": "sidecars[].env values are literal: placeholders are filled in template.env only",
+        }],
+    })
 }
 
 /// What happens to a comune's data (its volumes and database) when the comune stops getting

@@ -6,7 +6,7 @@ use kube::KubeSchema;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::app::EnvVar;
+use crate::app::{EnvVar, PINNED_IMAGE_RULE};
 
 /// Commands run once for each comune, as a Job in the Shared service's namespace, beside its
 /// instance, under Pod Security `restricted`. A Job is named from a hash of its inputs: a change
@@ -59,7 +59,7 @@ pub struct TenantJob {
     /// application's own tools: kcadm.sh in Keycloak, curl in GeoServer).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(
-        validation = Rule::new("self.matches('^[^\\\\s@]+(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}|@sha256:[a-f0-9]{64})$') && !self.endsWith(':latest')")
+        validation = Rule::new(PINNED_IMAGE_RULE)
             .message("image must carry a tag (not latest) or a digest, e.g. docker.io/curlimages/curl:8.11.0")
     )]
     #[schemars(length(min = 1, max = 512))]

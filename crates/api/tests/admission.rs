@@ -555,6 +555,24 @@ fn invalid_on_create() -> Vec<Case> {
             "image must carry a tag (not latest) or a digest",
         ),
         c(
+            "a sidecar's image at latest",
+            set(
+                service(),
+                "/spec/template/sidecars",
+                json!([{"name": "cache", "image": "redis:latest", "command": ["redis-server"]}]),
+            ),
+            "sidecars[].image must carry a tag other than latest, or a digest",
+        ),
+        c(
+            "a placeholder in a sidecar's env",
+            set(
+                service(),
+                "/spec/template/sidecars",
+                json!([{"name": "cron", "command": ["true"], "env": {"SITE": "{{ municipality.name }}"}}]),
+            ),
+            "sidecars[].env values are literal",
+        ),
+        c(
             "a tenant Job retried 7 times",
             shared_with_jobs(json!({"onboarding": {"command": ["true"]}, "retries": 7})),
             "spec.tenantJobs.retries in body should be less than or equal to 6",
@@ -802,8 +820,8 @@ async fn every_example_is_accepted() {
             count += 1;
         }
         assert!(
-            count >= 30 + 7,
-            "expected at least 30 comuni and 7 services, found {count} objects"
+            count >= 30 + 8,
+            "expected at least 30 comuni and 8 services, found {count} objects"
         );
         Ok(())
     })

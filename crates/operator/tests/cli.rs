@@ -35,9 +35,9 @@ fn render_prints_every_object_of_the_example_comuni() {
     }
     assert_eq!(
         out.matches("# NetworkPolicy comune-").count(),
-        5 * (5 + 2),
-        "4 policies and internet egress each, the access policy of the Shared service they get \
-         (identity), and the policy of their own Nextcloud database server"
+        5 * (5 + 3),
+        "4 policies and internet egress each, the access policies of the Shared services they \
+         get (identity, opendata), and the policy of their own Nextcloud database server"
     );
     // Critical data: each city's Nextcloud database on a server of its own, in its namespace.
     assert!(out.contains("# Cluster comune-lugano/nextcloud-db\n"));
@@ -52,6 +52,8 @@ fn render_prints_every_object_of_the_example_comuni() {
     assert!(out.contains("# Deployment comune-lugano/nextcloud\n"));
     assert!(out.contains("# Deployment shared-identity/identity\n"));
     assert!(out.contains("# Service comune-lugano/identity\n"));
+    assert!(out.contains("# Deployment shared-opendata/opendata\n"));
+    assert!(out.contains("# Service comune-lugano/opendata\n"));
     assert!(out.contains("# NetworkPolicy shared-identity/consorzio-allow-subscribers\n"));
     assert!(
         !out.contains("# Namespace shared-pagopa\n") || out.contains("shared-pagopa/pagopa"),

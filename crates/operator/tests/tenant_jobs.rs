@@ -11,9 +11,9 @@ use consorzio_api::SharedService;
 use consorzio_testkit::{Env, TIMEOUT, run, unique_name, wait_for};
 use k8s_openapi::api::{batch::v1::Job, core::v1::Service};
 use kube::{Api, ResourceExt, api::ListParams};
-use serde_json::{Value, json};
+use serde_json::json;
 use support::{
-    Operator, apply_service, comune, exclusive, onboard, remove, remove_service, wait_ready,
+    Operator, apply_service, comune, exclusive, onboard, remove, remove_service, tenant, wait_ready,
 };
 
 /// A Shared service with tenant Jobs, offered to `names`.
@@ -40,31 +40,6 @@ fn service(name: &str, names: &[&str], marker: &str) -> anyhow::Result<SharedSer
             "tenantJobs": {"onboarding": job("made"), "offboarding": job("removed"), "retries": 0},
         },
     }))?)
-}
-
-/// The comune's entry for `service` once its tenant passes `check`.
-async fn tenant(
-    env: &Env,
-    comune: &str,
-    service: &str,
-    check: impl Fn(&Value) -> bool,
-) -> anyhow::Result<Value> {
-    let api = Api::<consorzio_api::Municipality>::all(env.client());
-    wait_for(
-        &format!("{comune}'s tenant in {service}"),
-        TIMEOUT,
-        || async {
-            let status = serde_json::to_value(api.get(comune).await?.status)?;
-            let entry = status["services"]
-                .as_array()
-                .and_then(|e| e.iter().find(|e| e["name"] == service))
-                .cloned()
-                .unwrap_or_default();
-            ensure!(check(&entry["tenant"]), "{entry}");
-            Ok(entry["tenant"].clone())
-        },
-    )
-    .await
 }
 
 /// The comune's tenant Jobs of `stage` in the service's namespace.

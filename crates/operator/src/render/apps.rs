@@ -25,6 +25,8 @@ const WRITTEN: &[(&str, &[&str])] = &[
     ("sito-comunale", &["/var/www/html", "/tmp", "/run"]),
     ("nextcloud", &["/var/www/html", "/tmp", "/run"]),
     ("identity", &["/tmp", "/opt/keycloak/data"]),
+    // CKAN's uploads, Solr's index and logs; Redis keeps nothing.
+    ("opendata", &["/var/lib/ckan", "/tmp", "/var/solr"]),
     ("analytics", &["/var/www/html", "/tmp", "/run"]),
     ("pagopa", &["/var/log/govpay", "/tmp"]),
     (
@@ -108,19 +110,23 @@ fn every_app_runs_as_its_image_documents_under_pod_security_restricted() {
             port >= 1024 || unprivileged,
             "{name}: port {port} is not bindable as non-root"
         );
-        // Every documented written path is mounted (a volume or an empty directory).
-        let mounts: Vec<&str> = app["volumeMounts"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|m| m["mountPath"].as_str())
-            .collect();
+        // Every documented written path is mounted (a volume or an empty directory), in every
+        // container of the pod.
         let written = WRITTEN.iter().find(|(n, _)| *n == name).unwrap().1;
-        for path in written {
-            assert!(
-                mounts.iter().any(|m| path.starts_with(m)),
-                "{name}: {path} is written and not mounted ({mounts:?})"
-            );
+        for c in pod["containers"].as_array().unwrap() {
+            let mounts: Vec<&str> = c["volumeMounts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|m| m["mountPath"].as_str())
+                .collect();
+            for path in written {
+                assert!(
+                    mounts.iter().any(|m| path.starts_with(m)),
+                    "{name}/{}: {path} is written and not mounted ({mounts:?})",
+                    c["name"]
+                );
+            }
         }
         // ReadWriteOnce volumes: one replica, the old pod stopped before the new one starts.
         if objects
@@ -191,6 +197,93 @@ fn every_env_reference_resolves_to_a_key_the_operator_writes() {
             }
         }
     }
+}
+
+/// The names in `$(NAME)` of a value: Kubernetes fills them from the variables before it and the
+/// container's `envFrom`, and leaves any other as it is, which the application then gets.
+fn references(value: &str) -> Vec<&str> {
+    value
+        .split("$(")
+        .skip(1)
+        .filter_map(|rest| rest.split_once(')').map(|(name, _)| name))
+        .collect()
+}
+
+#[test]
+fn every_dependent_variable_names_one_the_container_has() {
+    for s in &catalogue() {
+        let name = s.metadata.name.clone().unwrap();
+        let objects = instance(s, DataClassification::Ordinary);
+        let settings = one(&objects, "ConfigMap");
+        let mut pods = vec![one(&objects, "Deployment")["spec"]["template"]["spec"].clone()];
+        for stage in [Stage::Onboarding, Stage::Offboarding] {
+            let m = comune("alvito", "x");
+            if let Some(job) = render_tenant_job(s, &m, stage, &Config::default()).expect("renders")
+            {
+                pods.push(json(&job)["spec"]["template"]["spec"].clone());
+            }
+        }
+        for c in pods
+            .iter()
+            .flat_map(|p| p["containers"].as_array().unwrap())
+        {
+            let mut known: BTreeSet<String> = BTreeSet::new();
+            for from in c["envFrom"].as_array().into_iter().flatten() {
+                if from["configMapRef"]["name"] == settings["metadata"]["name"] {
+                    known.extend(settings["data"].as_object().unwrap().keys().cloned());
+                }
+                if from["secretRef"]["name"] == credentials_name(s).as_str() {
+                    known.insert(CREDENTIALS_KEY.to_string());
+                }
+            }
+            for var in c["env"].as_array().into_iter().flatten() {
+                for reference in references(var["value"].as_str().unwrap_or_default()) {
+                    assert!(
+                        known.contains(reference),
+                        "{name}/{}: {} reads $({reference}), which it does not have before it",
+                        c["name"],
+                        var["name"]
+                    );
+                }
+                known.insert(var["name"].as_str().unwrap().to_string());
+            }
+        }
+    }
+}
+
+#[test]
+fn a_sidecar_of_another_image_gets_its_own_env_only_and_one_of_the_application_gets_its_settings() {
+    let service = |name: &str| {
+        catalogue()
+            .into_iter()
+            .find(|s| s.metadata.name.as_deref() == Some(name))
+            .unwrap()
+    };
+    let containers = |name: &str| -> Vec<Value> {
+        let objects = instance(&service(name), DataClassification::Ordinary);
+        one(&objects, "Deployment")["spec"]["template"]["spec"]["containers"]
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    let ckan = containers("opendata");
+    let solr = ckan.iter().find(|c| c["name"] == "solr").expect("solr");
+    assert_eq!(solr["image"], "docker.io/ckan/ckan-solr:2.11-solr9");
+    assert_eq!(solr["envFrom"], Value::Null, "no settings, no credentials");
+    assert_eq!(
+        solr["env"],
+        serde_json::json!([
+            {"name": "SOLR_HEAP", "value": "512m"},
+            {"name": "SOLR_JETTY_HOST", "value": "127.0.0.1"}
+        ])
+    );
+    assert_eq!(solr["securityContext"], ckan[0]["securityContext"]);
+    assert_eq!(solr["volumeMounts"], ckan[0]["volumeMounts"]);
+    let matomo = containers("analytics");
+    let archiver = matomo.iter().find(|c| c["name"] == "archiver").unwrap();
+    assert_eq!(archiver["image"], matomo[0]["image"]);
+    assert_eq!(archiver["env"], matomo[0]["env"]);
+    assert_eq!(archiver["envFrom"], matomo[0]["envFrom"]);
 }
 
 fn sito() -> SharedService {

@@ -116,18 +116,38 @@ pub(crate) fn pod_template(
         volume_mounts: (!mounts.is_empty()).then(|| mounts.clone()),
         ..Default::default()
     };
-    // Sidecars: the same image, settings and volumes; not probed (the application's probes say
-    // whether the pod serves) and no port of their own.
-    let sidecars = t.sidecars.iter().map(|c| Container {
-        name: c.name.clone(),
-        command: Some(c.command.clone()),
-        args: None,
-        resources: c.resources.clone(),
-        ports: None,
-        readiness_probe: None,
-        liveness_probe: None,
-        startup_probe: None,
-        ..app.clone()
+    // Sidecars: the pod's user and volumes; the application's image, settings and secrets
+    // unless it names another program's image, which gets only its own literal env. Not probed
+    // (the application's probes say whether the pod serves), no port of their own.
+    let sidecars = t.sidecars.iter().map(|c| {
+        let own = c.env.iter().map(|(name, value)| EnvVar {
+            name: name.clone(),
+            value: Some(value.clone()),
+            value_from: None,
+        });
+        let (env, env_from) = match &c.image {
+            Some(_) => (own.collect::<Vec<_>>(), None),
+            None => {
+                let mut env = app.env.clone().unwrap_or_default();
+                env.retain(|v| !c.env.contains_key(&v.name));
+                env.extend(own);
+                (env, app.env_from.clone())
+            }
+        };
+        Container {
+            name: c.name.clone(),
+            image: c.image.clone().or_else(|| app.image.clone()),
+            command: Some(c.command.clone()),
+            args: None,
+            env: (!env.is_empty()).then_some(env),
+            env_from,
+            resources: c.resources.clone(),
+            ports: None,
+            readiness_probe: None,
+            liveness_probe: None,
+            startup_probe: None,
+            ..app.clone()
+        }
     });
     let mut containers = vec![app.clone()];
     containers.extend(sidecars);

@@ -308,3 +308,28 @@ where
     env.delete_later(&applied);
     Ok(applied)
 }
+
+/// The comune's entry for `service` once its tenant passes `check`.
+pub async fn tenant(
+    env: &Env,
+    comune: &str,
+    service: &str,
+    check: impl Fn(&serde_json::Value) -> bool,
+) -> anyhow::Result<serde_json::Value> {
+    let api = Api::<Municipality>::all(env.client());
+    wait_for(
+        &format!("{comune}'s tenant in {service}"),
+        TIMEOUT,
+        || async {
+            let status = serde_json::to_value(api.get(comune).await?.status)?;
+            let entry = status["services"]
+                .as_array()
+                .and_then(|e| e.iter().find(|e| e["name"] == service))
+                .cloned()
+                .unwrap_or_default();
+            ensure!(check(&entry["tenant"]), "{entry}");
+            Ok(entry["tenant"].clone())
+        },
+    )
+    .await
+}
