@@ -142,6 +142,16 @@ fn every_app_runs_as_its_image_documents_under_pod_security_restricted() {
     }
 }
 
+/// The pod specs of `s`'s tenant Jobs for a comune, which run beside the shared instance.
+fn tenant_job_pods(s: &SharedService) -> Vec<Value> {
+    let m = comune("alvito", "x");
+    [Stage::Onboarding, Stage::Offboarding]
+        .into_iter()
+        .filter_map(|stage| render_tenant_job(s, &m, stage, &Config::default()).expect("renders"))
+        .map(|job| json(&job)["spec"]["template"]["spec"].clone())
+        .collect()
+}
+
 #[test]
 fn every_env_reference_resolves_to_a_key_the_operator_writes() {
     for s in &catalogue() {
@@ -166,18 +176,13 @@ fn every_env_reference_resolves_to_a_key_the_operator_writes() {
             .cloned()
             .unwrap_or_default();
         // And its tenant Jobs', which run beside the shared instance.
-        for stage in [Stage::Onboarding, Stage::Offboarding] {
-            let m = comune("alvito", "x");
-            if let Some(job) = render_tenant_job(s, &m, stage, &Config::default()).expect("renders")
-            {
-                let job = json(&job);
-                env.extend(
-                    job["spec"]["template"]["spec"]["containers"][0]["env"]
-                        .as_array()
-                        .cloned()
-                        .unwrap_or_default(),
-                );
-            }
+        for pod in tenant_job_pods(s) {
+            env.extend(
+                pod["containers"][0]["env"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default(),
+            );
         }
         for var in &env {
             let from = &var["valueFrom"];
@@ -216,13 +221,7 @@ fn every_dependent_variable_names_one_the_container_has() {
         let objects = instance(s, DataClassification::Ordinary);
         let settings = one(&objects, "ConfigMap");
         let mut pods = vec![one(&objects, "Deployment")["spec"]["template"]["spec"].clone()];
-        for stage in [Stage::Onboarding, Stage::Offboarding] {
-            let m = comune("alvito", "x");
-            if let Some(job) = render_tenant_job(s, &m, stage, &Config::default()).expect("renders")
-            {
-                pods.push(json(&job)["spec"]["template"]["spec"].clone());
-            }
-        }
+        pods.extend(tenant_job_pods(s));
         for c in pods
             .iter()
             .flat_map(|p| p["containers"].as_array().unwrap())
