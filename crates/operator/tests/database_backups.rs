@@ -292,6 +292,23 @@ async fn each_database_is_backed_up_to_the_platforms_store_with_keys_no_other_co
             velero_backups.delete(&format!("{ns}-db-test"), &Default::default()).await?;
         }
 
+        // a leaves the website: its dumps stop (their schedule on the service's server goes;
+        // the dumps in the store stay), its database stays, kept and labelled orphaned.
+        let mut left = sito.clone();
+        left.spec.municipalities.names = vec![b.clone()];
+        apply_service(&env, &left).await?;
+        let dumps = Api::<DynamicObject>::namespaced_with(env.client(), &sito_ns, &backups);
+        wait_for("a's dump schedule to go", TIMEOUT, || async {
+            ensure!(dumps.get_opt(&a).await?.is_none(), "still there");
+            Ok(())
+        })
+        .await?;
+        let databases = api_resource(("k8s.mariadb.com", "v1alpha1", "Database", "databases"));
+        object(&env, &databases, &sito_ns, &a, |d| {
+            d["metadata"]["labels"]["consorzio.io/orphaned"] == "true"
+        })
+        .await?;
+
         for name in [
             "test-backup-keys".to_string(),
             format!("test-backup-keys-{b}"),
