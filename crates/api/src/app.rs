@@ -343,11 +343,17 @@ fn sidecar_env_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
         "description": "Literal environment variables of its own, e.g. {\"SOLR_JETTY_HOST\": \"127.0.0.1\"}.",
         "type": "object",
         "maxProperties": 32,
-        "additionalProperties": {"type": "string", "maxLength": 4096},
-        "x-kubernetes-validations": [{
-            "rule": "self.all(k, !self[k].contains('{{'))",
-            "message": "sidecars[].env values are literal: placeholders are filled in template.env only",
-        }],
+        "additionalProperties": {"type": "string", "maxLength": 1024},
+        "x-kubernetes-validations": [
+            {
+                "rule": "self.all(k, size(k) <= 128 && k.matches('^[A-Za-z_][A-Za-z0-9_.-]*$'))",
+                "message": "sidecars[].env names are letters, digits, '_', '.' and '-', not starting with a digit, at most 128 characters",
+            },
+            {
+                "rule": "self.all(k, !self[k].contains('{{'))",
+                "message": "sidecars[].env values are literal: placeholders are filled in template.env only",
+            },
+        ],
     })
 }
 

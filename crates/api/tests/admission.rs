@@ -564,6 +564,15 @@ fn invalid_on_create() -> Vec<Case> {
             "sidecars[].image must carry a tag other than latest, or a digest",
         ),
         c(
+            "a sidecar's env name starting with a digit",
+            set(
+                service(),
+                "/spec/template/sidecars",
+                json!([{"name": "cron", "command": ["true"], "env": {"1SITE": "x"}}]),
+            ),
+            "sidecars[].env names are letters, digits",
+        ),
+        c(
             "a placeholder in a sidecar's env",
             set(
                 service(),
