@@ -112,8 +112,9 @@ pub struct AppTemplate {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub security_context: Option<AppSecurityContext>,
 
-    /// Processes beside the application, in the same pod, image, settings and volumes: e.g. a
-    /// scheduler loop that runs an application's background jobs.
+    /// Processes beside the application, in the same pod, with its user and volumes: by default
+    /// its image, settings and secrets (e.g. a scheduler loop that runs its background jobs), or
+    /// another program's image (e.g. a search index on localhost) with only its own env.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 4))]
     pub sidecars: Vec<Sidecar>,
