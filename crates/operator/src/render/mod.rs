@@ -10,6 +10,8 @@ mod collisions;
 pub mod database;
 pub mod database_backup;
 #[cfg(test)]
+mod database_placement;
+#[cfg(test)]
 mod fixtures;
 pub mod instance;
 pub mod municipality;
