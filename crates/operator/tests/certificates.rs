@@ -13,7 +13,6 @@ use std::{
 
 use anyhow::{Context as _, ensure};
 use consorzio::render::{api_resource, certificate::CERTIFICATE};
-use consorzio_api::Municipality;
 use consorzio_testkit::{Env, TIMEOUT, run, wait_for, wait_gone};
 use k8s_openapi::{
     api::{
@@ -29,8 +28,8 @@ use kube::{
 };
 use serde_json::{Value, json};
 use support::{
-    Operator, TEST_CLUSTER_ISSUER, apply_service, catalogue_service, comune, exclusive, onboard,
-    remove, remove_service, wait_status,
+    Operator, TEST_CLUSTER_ISSUER, apply_service, catalogue_service, comune, entry_part, exclusive,
+    onboard, remove, remove_service, wait_status,
 };
 
 fn certificates() -> ApiResource {
@@ -110,24 +109,7 @@ async fn issued(env: &Env, ns: &str, name: &str) -> anyhow::Result<String> {
 
 /// The certificate in the comune's entry for `service`, once it says ready.
 async fn ready_in_status(env: &Env, comune: &str, service: &str) -> anyhow::Result<Value> {
-    let api = Api::<Municipality>::all(env.client());
-    wait_for(
-        &format!("{comune}'s entry for {service}: certificate ready"),
-        TIMEOUT,
-        || async {
-            let status = serde_json::to_value(api.get(comune).await?.status)?;
-            let entry = status["services"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|e| e["name"] == service)
-                .cloned()
-                .context("no entry")?;
-            ensure!(entry["certificate"]["ready"] == true, "{entry}");
-            Ok(entry["certificate"].clone())
-        },
-    )
-    .await
+    entry_part(env, comune, service, "certificate", |c| c["ready"] == true).await
 }
 
 /// `consorzio_certificate_expiry_seconds` of (comune, service), if exported.

@@ -374,8 +374,8 @@ async fn every_catalogue_service_reaches_ready() {
             .await?;
         }
         // Each comune's tenant in the Shared apps that make one (a GeoServer workspace, a
-        // Keycloak realm, a CKAN organisation): Jobs the API server admits under `restricted`
-        // and the service namespace's quota, which kwok's node completes.
+        // Keycloak realm, a CKAN organisation): Jobs the API server admits under `restricted`,
+        // which kwok's node completes.
         for s in services.iter().filter(|s| s.spec.tenant_jobs.is_some()) {
             for m in [&a, &b] {
                 tenant(&env, &m.name_any(), &s.name_any(), |t| {

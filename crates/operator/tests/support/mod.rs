@@ -316,9 +316,21 @@ pub async fn tenant(
     service: &str,
     check: impl Fn(&serde_json::Value) -> bool,
 ) -> anyhow::Result<serde_json::Value> {
+    entry_part(env, comune, service, "tenant", check).await
+}
+
+/// The field `part` of the comune's entry for `service` (`tenant`, `certificate`), once it
+/// passes `check`.
+pub async fn entry_part(
+    env: &Env,
+    comune: &str,
+    service: &str,
+    part: &str,
+    check: impl Fn(&serde_json::Value) -> bool,
+) -> anyhow::Result<serde_json::Value> {
     let api = Api::<Municipality>::all(env.client());
     wait_for(
-        &format!("{comune}'s tenant in {service}"),
+        &format!("{comune}'s {part} in {service}"),
         TIMEOUT,
         || async {
             let status = serde_json::to_value(api.get(comune).await?.status)?;
@@ -327,8 +339,8 @@ pub async fn tenant(
                 .and_then(|e| e.iter().find(|e| e["name"] == service))
                 .cloned()
                 .unwrap_or_default();
-            ensure!(check(&entry["tenant"]), "{entry}");
-            Ok(entry["tenant"].clone())
+            ensure!(check(&entry[part]), "{entry}");
+            Ok(entry[part].clone())
         },
     )
     .await
